@@ -1,0 +1,181 @@
+//! Blocks and their CIDs: the unit everything else in oermesh is made of.
+//!
+//! A block is a byte string named by a CID. This module knows how to name bytes
+//! (sha2-256 multihash wrapped in a CIDv0 or CIDv1) and how to check that a block's
+//! bytes really are what its CID names. It knows nothing about where blocks live.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cid::Cid;
+use multihash::Multihash;
+use sha2::{Digest, Sha256};
+
+/// Multicodec codes of the block formats oermesh reads and writes.
+pub mod codec {
+    pub const RAW: u64 = 0x55;
+    pub const DAG_PB: u64 = 0x70;
+    pub const DAG_CBOR: u64 = 0x71;
+}
+
+/// Multihash codes oermesh can check.
+pub mod hash_code {
+    pub const IDENTITY: u64 = 0x00;
+    pub const SHA2_256: u64 = 0x12;
+}
+
+/// The multihash of `data` under sha2-256.
+pub fn sha256_multihash(data: &[u8]) -> Multihash<64> {
+    let digest = Sha256::digest(data);
+    Multihash::wrap(hash_code::SHA2_256, &digest).expect("a 32-byte digest fits in 64 bytes")
+}
+
+/// A CIDv1 naming `data` in format `codec`, hashed with sha2-256.
+pub fn cid_v1(codec: u64, data: &[u8]) -> Cid {
+    Cid::new_v1(codec, sha256_multihash(data))
+}
+
+/// A CIDv0 (`Qm...`): always dag-pb, always sha2-256.
+pub fn cid_v0(data: &[u8]) -> Cid {
+    Cid::new_v0(sha256_multihash(data)).expect("sha2-256 is valid for CIDv0")
+}
+
+/// Why a block could not be read, written or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("block {0} is not in the store")]
+    NotFound(Cid),
+    #[error("block {0} is corrupt: its bytes do not match its CID")]
+    Corrupt(Cid),
+    #[error("CID {cid} uses hash function 0x{code:x}, which oermesh cannot check")]
+    UnsupportedHash { cid: Cid, code: u64 },
+    #[error("block {cid} is {size} bytes, above the limit of {limit} bytes")]
+    TooLarge { cid: Cid, size: usize, limit: usize },
+    #[error("{0}")]
+    Backend(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks that `data` is what `cid` names. Identity CIDs carry their data inline.
+pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+    let mh = cid.hash();
+    match mh.code() {
+        hash_code::SHA2_256 => {
+            if mh.size() == 32 && Sha256::digest(data).as_slice() == mh.digest() {
+                Ok(())
+            } else {
+                Err(BlockError::Corrupt(*cid))
+            }
+        }
+        hash_code::IDENTITY => {
+            if mh.digest() == data {
+                Ok(())
+            } else {
+                Err(BlockError::Corrupt(*cid))
+            }
+        }
+        code => Err(BlockError::UnsupportedHash { cid: *cid, code }),
+    }
+}
+
+/// Something blocks can be read from. Implementations return only verified bytes.
+pub trait BlockGet {
+    fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError>;
+}
+
+/// Something blocks can be written to. Writers may be called from several threads.
+pub trait BlockPut: Sync {
+    fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError>;
+}
+
+impl<T: BlockGet + ?Sized> BlockGet for &T {
+    fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
+        (**self).get_block(cid)
+    }
+}
+
+impl<T: BlockPut + ?Sized> BlockPut for &T {
+    fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+        (**self).put_block(cid, data)
+    }
+}
+
+/// Blocks held in memory: for computing CIDs without a repository (`add --only-hash`)
+/// and for staging a CAR before any of it is committed.
+#[derive(Default)]
+pub struct MemoryBlocks {
+    blocks: Mutex<HashMap<Cid, Vec<u8>>>,
+    keep_data: bool,
+}
+
+impl MemoryBlocks {
+    /// A block set that keeps every block's bytes.
+    pub fn new() -> Self {
+        MemoryBlocks { blocks: Mutex::default(), keep_data: true }
+    }
+
+    /// A sink that only counts: the bytes are dropped once hashed.
+    pub fn discarding() -> Self {
+        MemoryBlocks { blocks: Mutex::default(), keep_data: false }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_blocks(self) -> HashMap<Cid, Vec<u8>> {
+        self.blocks.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, Vec<u8>>> {
+        self.blocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl BlockGet for MemoryBlocks {
+    fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
+        if cid.hash().code() == hash_code::IDENTITY {
+            return Ok(cid.hash().digest().to_vec());
+        }
+        let data = self.lock().get(cid).cloned().ok_or(BlockError::NotFound(*cid))?;
+        verify(cid, &data)?;
+        Ok(data)
+    }
+}
+
+impl BlockPut for MemoryBlocks {
+    fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+        let stored = if self.keep_data { data.to_vec() } else { Vec::new() };
+        self.lock().insert(*cid, stored);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vectors() {
+        assert_eq!(
+            cid_v1(codec::RAW, b"hello world").to_string(),
+            "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+        );
+        assert_eq!(
+            cid_v1(codec::RAW, b"").to_string(),
+            "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        );
+    }
+
+    #[test]
+    fn verify_rejects_flipped_bit() {
+        let cid = cid_v1(codec::RAW, b"hello world");
+        assert!(verify(&cid, b"hello world").is_ok());
+        assert!(matches!(verify(&cid, b"hello worle"), Err(BlockError::Corrupt(_))));
+    }
+}

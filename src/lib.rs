@@ -1,0 +1,3 @@
+//! oermesh: a peer-to-peer, content-addressed distribution node for Open Educational Resources.
+
+pub mod block;
