@@ -1,3 +1,4 @@
 //! oermesh: a peer-to-peer, content-addressed distribution node for Open Educational Resources.
 
 pub mod block;
+pub mod unixfs;

@@ -1,0 +1,4 @@
+//! UnixFS: files and folders as DAGs of dag-pb and raw blocks, byte for byte as the
+//! IPFS reference importer builds them.
+
+pub mod pb;
