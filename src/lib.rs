@@ -1,4 +1,9 @@
 //! oermesh: a peer-to-peer, content-addressed distribution node for Open Educational Resources.
 
 pub mod block;
+pub mod config;
+pub mod keys;
+pub mod links;
+pub mod repo;
+pub mod store;
 pub mod unixfs;

@@ -1,0 +1,194 @@
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use oermesh::repo::Repo;
+
+mod files;
+mod output;
+
+/// A peer-to-peer, content-addressed node for Open Educational Resources.
+#[derive(Parser)]
+#[command(name = "oermesh", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Repository directory [default: ~/.oermesh]
+    #[arg(long, global = true, env = "OERMESH_REPO", value_name = "DIR")]
+    repo: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository (config, node key, database)
+    Init,
+    /// Add a file, or a folder with -r, and pin it; prints CIDs
+    Add(files::AddArgs),
+    /// Write a file's bytes to standard output
+    Cat {
+        /// CID, optionally followed by /sub/path
+        path: String,
+    },
+    /// Write a file or a whole folder tree to disk
+    Get {
+        /// CID, optionally followed by /sub/path
+        path: String,
+        /// Where to write it [default: the CID]
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
+    /// List a folder's entries with their sizes
+    Ls {
+        /// CID, optionally followed by /sub/path
+        path: String,
+    },
+    /// Keep blocks from being removed by gc
+    #[command(subcommand)]
+    Pin(PinCommand),
+    /// Remove every block no pin reaches; prints bytes freed
+    Gc,
+    /// Blocks, bytes, pins and disk space of the repository
+    Stat,
+    /// Re-hash every stored block; exits non-zero if any is corrupt or missing
+    Verify,
+    /// Write complete DAGs to a CARv1 file
+    Export(files::ExportArgs),
+    /// Verify and store every block of a CAR file, then pin its roots
+    Import {
+        /// The .car file
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinCommand {
+    /// List pins and why each is held
+    Ls,
+    /// Pin CIDs (their blocks must be in the store)
+    Add {
+        #[arg(required = true)]
+        cids: Vec<String>,
+    },
+    /// Remove the user's pins of CIDs
+    Rm {
+        #[arg(required = true)]
+        cids: Vec<String>,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OERMESH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "error: {}", output::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let repo_path = cli.repo.clone().unwrap_or_else(Repo::default_path);
+    match cli.command {
+        Command::Init => {
+            let repo = Repo::init(&repo_path)?;
+            println!("initialized oermesh repository at {}", repo.root().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Add(args) => files::add(&repo_path, args),
+        Command::Cat { path } => files::cat(&Repo::open(&repo_path)?, &path),
+        Command::Get { path, output } => files::get(&Repo::open(&repo_path)?, &path, output),
+        Command::Ls { path } => files::ls(&Repo::open(&repo_path)?, &path),
+        Command::Export(args) => files::export(&Repo::open(&repo_path)?, args),
+        Command::Import { file } => files::import(&Repo::open(&repo_path)?, &file),
+        Command::Pin(command) => pin(&Repo::open(&repo_path)?, command),
+        Command::Gc => {
+            let repo = Repo::open(&repo_path)?;
+            let report = repo.store().gc()?;
+            println!(
+                "removed {} blocks and {} orphan files, freed {}",
+                report.blocks_removed,
+                report.orphan_files_removed,
+                output::bytes(report.bytes_freed)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stat => {
+            let repo = Repo::open(&repo_path)?;
+            let stat = repo.store().stat()?;
+            println!("repository  {}", repo.root().display());
+            println!("blocks      {} ({} inline in the database)", stat.blocks, stat.inline_blocks);
+            println!("bytes       {} ({})", stat.bytes, output::bytes(stat.bytes));
+            println!("pins        {}", stat.pins);
+            println!("disk used   {} ({})", stat.disk_bytes, output::bytes(stat.disk_bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let repo = Repo::open(&repo_path)?;
+            let report = repo.store().verify()?;
+            for damage in &report.damage {
+                println!("{damage}");
+            }
+            println!(
+                "checked {} blocks ({}): {}",
+                report.blocks_checked,
+                output::bytes(report.bytes_checked),
+                if report.damage.is_empty() { "all good".to_string() } else { format!("{} problems", report.damage.len()) }
+            );
+            Ok(if report.damage.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn pin(repo: &Repo, command: PinCommand) -> Result<ExitCode> {
+    let store = repo.store();
+    match command {
+        PinCommand::Ls => {
+            let mut out = std::io::stdout().lock();
+            for (cid, reasons) in store.pins()? {
+                writeln!(out, "{cid} {}", reasons.join(","))?;
+            }
+        }
+        PinCommand::Add { cids } => {
+            for text in cids {
+                let cid = output::parse_cid(&text)?;
+                if !store.has(&cid)? {
+                    anyhow::bail!("cannot pin {cid}: its root block is not in the store (add or import it first)");
+                }
+                store.pin(&cid, "user")?;
+                println!("pinned {cid}");
+            }
+        }
+        PinCommand::Rm { cids } => {
+            for text in cids {
+                let cid = output::parse_cid(&text)?;
+                let before = store.pin_reasons(&cid)?;
+                if before.is_empty() {
+                    anyhow::bail!("{cid} is not pinned");
+                }
+                let left = store.unpin(&cid, Some("user")).and_then(|_| store.unpin(&cid, Some("import")))?;
+                if left.is_empty() {
+                    println!("unpinned {cid}");
+                } else {
+                    println!("{cid} is still pinned by {}", left.join(", "));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether to draw a progress bar: only for people watching a terminal.
+pub(crate) fn show_progress() -> bool {
+    std::io::stderr().is_terminal()
+}

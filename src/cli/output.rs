@@ -1,0 +1,45 @@
+//! Formatting shared by the commands.
+
+use anyhow::{anyhow, Result};
+use cid::Cid;
+
+/// An error and its causes on one line, without repeating a cause that the message
+/// above it already quotes.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// Sizes for people: 1.5 MiB, 12.0 GiB.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn parse_cid(text: &str) -> Result<Cid> {
+    Cid::try_from(text.trim()).map_err(|err| anyhow!("`{text}` is not a valid CID: {err}"))
+}
+
+/// Splits `CID/sub/path` into the CID and the path below it.
+pub fn split_cid_path(text: &str) -> Result<(Cid, String)> {
+    let text = text.strip_prefix("/ipfs/").unwrap_or(text);
+    let (cid, rest) = text.split_once('/').unwrap_or((text, ""));
+    Ok((parse_cid(cid)?, rest.to_string()))
+}

@@ -1,0 +1,157 @@
+//! A node's repository on disk: config, node key, lock, and the block store.
+//!
+//! ```text
+//! REPO/
+//!   config.toml   documented settings (see config.rs)
+//!   node.key      the node's ed25519 identity (mode 0600)
+//!   keys/         publisher keys (mode 0600 each)
+//!   repo.lock     held by the one process that has the repository open
+//!   db/           sled: block index, small blocks, pins, records, collections
+//!   blocks/       large blocks, one file each
+//!   tmp/          block files being written; emptied on open
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
+use crate::store::{Store, StoreConfig, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("no oermesh repository at {0}; create one with `oermesh init` (or choose another with --repo or OERMESH_REPO)")]
+    Missing(PathBuf),
+    #[error("{0} already holds an oermesh repository")]
+    Exists(PathBuf),
+    #[error("repository {path} is in use by another oermesh process{pid}; stop it or use another --repo")]
+    Locked { path: PathBuf, pid: String },
+    #[error("cannot {action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+}
+
+/// An open repository. Holding it holds the repository's lock.
+pub struct Repo {
+    root: PathBuf,
+    config: Config,
+    store: Store,
+    _lock: File,
+}
+
+impl Repo {
+    /// `~/.oermesh`, or `./.oermesh` where no home directory is known.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".oermesh")
+    }
+
+    /// Creates a repository at `root`. Refuses to touch a directory that already is one.
+    pub fn init(root: &Path) -> Result<Repo, RepoError> {
+        let io_err = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RepoError::Io { action, path, source }
+        };
+        if root.join("config.toml").exists() {
+            return Err(RepoError::Exists(root.to_path_buf()));
+        }
+        fs::create_dir_all(root).map_err(io_err("create", root))?;
+        let key_path = root.join("node.key");
+        if !key_path.exists() {
+            crate::keys::write_key_file(&key_path, &crate::keys::generate_signing_key()?)?;
+        }
+        let config_path = root.join("config.toml");
+        write_new(&config_path, DEFAULT_CONFIG.as_bytes()).map_err(io_err("write", &config_path))?;
+        Repo::open(root)
+    }
+
+    /// Opens an existing repository, taking its lock.
+    pub fn open(root: &Path) -> Result<Repo, RepoError> {
+        let config_path = root.join("config.toml");
+        if !config_path.is_file() {
+            return Err(RepoError::Missing(root.to_path_buf()));
+        }
+        let lock = lock_repo(root)?;
+        let config = Config::load(&config_path)?;
+        let store = Store::open(root, &StoreConfig { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
+        Ok(Repo { root: root.to_path_buf(), config, store, _lock: lock })
+    }
+
+    /// Opens the repository, creating it first if there is none (the daemon's start).
+    pub fn open_or_init(root: &Path) -> Result<(Repo, bool), RepoError> {
+        if root.join("config.toml").is_file() {
+            Ok((Repo::open(root)?, false))
+        } else {
+            Ok((Repo::init(root)?, true))
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn node_key_path(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// Replaces the trusted publishers, in memory and in config.toml.
+    pub fn set_trusted(&mut self, publishers: Vec<String>) -> Result<(), RepoError> {
+        Config::save_trusted(&self.config_path(), &publishers)?;
+        self.config.trust.publishers = publishers;
+        Ok(())
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Takes an advisory lock on `repo.lock` and records our pid in it, so a second
+/// process can say who holds the repository. The OS drops the lock if we die.
+fn lock_repo(root: &Path) -> Result<File, RepoError> {
+    let path = root.join("repo.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| RepoError::Io { action: "open", path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let pid = fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+            return Err(RepoError::Locked {
+                path: root.to_path_buf(),
+                pid: pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+            });
+        }
+        Err(fs::TryLockError::Error(source)) => return Err(RepoError::Io { action: "lock", path, source }),
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(|source| RepoError::Io { action: "write", path, source })?;
+    Ok(file)
+}
