@@ -72,7 +72,7 @@ function wideTree () {
     entries.push([`wide/ζήτημα-${i}.txt`, i, 50000 + i])
   }
   for (let i = 0; i < 4500; i++) {
-    entries.push([`wide/inner/note-${String(i).padStart(4, '0')}.md`, i % 13, 100000 + i])
+    entries.push([`wide/inner/handout-${String(i).padStart(4, '0')}-with-answers.md`, i % 13, 100000 + i])
   }
   return entries
 }
