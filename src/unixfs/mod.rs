@@ -2,3 +2,6 @@
 //! IPFS reference importer builds them.
 
 pub mod pb;
+pub mod hamt;
+pub mod importer;
+pub mod profile;

@@ -1,2 +1,5 @@
+//! The integration test binary: one module per area.
+
 mod gen;
 mod store;
+mod unixfs_import;

@@ -5,7 +5,7 @@ use oermesh::repo::{Repo, RepoError};
 use oermesh::store::{Damage, Store, StoreConfig, INLINE_LIMIT};
 use oermesh::unixfs::pb::{PbLink, PbNode};
 
-use crate::gen::seeded_bytes;
+use crate::gen::generated_bytes;
 
 fn open(dir: &std::path::Path) -> Store {
     Store::open(dir, &StoreConfig::default()).unwrap()
@@ -29,8 +29,8 @@ fn block_file_of(dir: &std::path::Path, cid: &cid::Cid) -> std::path::PathBuf {
 #[test]
 fn blocks_round_trip_inline_and_as_files_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let small = seeded_bytes(1, INLINE_LIMIT);
-    let large = seeded_bytes(2, INLINE_LIMIT + 1);
+    let small = generated_bytes(INLINE_LIMIT, 1);
+    let large = generated_bytes(INLINE_LIMIT + 1, 2);
     let (small_cid, large_cid) = (cid_v1(codec::RAW, &small), cid_v1(codec::RAW, &large));
     {
         let store = open(dir.path());
@@ -65,7 +65,7 @@ fn a_block_that_does_not_match_its_cid_is_refused_and_nothing_is_stored() {
 fn uncommitted_blocks_are_invisible() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let data = seeded_bytes(3, 100_000);
+    let data = generated_bytes(100_000, 3);
     let cid = cid_v1(codec::RAW, &data);
     let batch = store.batch();
     batch.put_block(&cid, &data).unwrap();
@@ -81,8 +81,8 @@ fn uncommitted_blocks_are_invisible() {
 fn corrupt_and_missing_block_data_is_caught_on_read_and_by_verify() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let flipped = seeded_bytes(4, 300_000);
-    let vanished = seeded_bytes(5, 300_000);
+    let flipped = generated_bytes(300_000, 4);
+    let vanished = generated_bytes(300_000, 5);
     let (flipped_cid, vanished_cid) = (cid_v1(codec::RAW, &flipped), cid_v1(codec::RAW, &vanished));
     let batch = store.batch();
     batch.put_block(&flipped_cid, &flipped).unwrap();
@@ -123,9 +123,9 @@ fn verify_names_blocks_missing_from_a_pinned_dag() {
 fn gc_keeps_pinned_dags_and_frees_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let kept_leaf = seeded_bytes(6, 200_000);
-    let lost_leaf = seeded_bytes(7, 200_000);
-    let lost_small = seeded_bytes(8, 100);
+    let kept_leaf = generated_bytes(200_000, 6);
+    let lost_leaf = generated_bytes(200_000, 7);
+    let lost_small = generated_bytes(100, 8);
     let (kept_cid, lost_cid, small_cid) =
         (cid_v1(codec::RAW, &kept_leaf), cid_v1(codec::RAW, &lost_leaf), cid_v1(codec::RAW, &lost_small));
     let (root, root_bytes) = parent_of(&[kept_cid]);
