@@ -1,4 +1,6 @@
 //! oermesh: a peer-to-peer, content-addressed distribution node for Open Educational Resources.
 
 pub mod block;
+pub mod car;
+pub mod links;
 pub mod unixfs;

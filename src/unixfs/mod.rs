@@ -2,3 +2,4 @@
 //! IPFS reference importer builds them.
 
 pub mod pb;
+pub mod reader;

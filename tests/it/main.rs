@@ -1,1 +1,2 @@
-
+mod car;
+mod unixfs_read;
