@@ -51,7 +51,10 @@ fn varint(mut value: u64) -> Vec<u8> {
     out
 }
 
-fn read_all(bytes: &[u8]) -> Result<(Vec<Cid>, Vec<(Cid, Vec<u8>)>), CarError> {
+/// Roots and blocks of a whole archive.
+type CarContents = (Vec<Cid>, Vec<(Cid, Vec<u8>)>);
+
+fn read_all(bytes: &[u8]) -> Result<CarContents, CarError> {
     let mut reader = CarReader::new(Cursor::new(bytes))?;
     let roots = reader.roots().to_vec();
     let blocks = reader.by_ref().collect::<Result<Vec<_>, _>>()?;
