@@ -824,6 +824,88 @@ mod tests {
         }
     }
 
+    use crate::block::{cid_v1, BlockPut, MemoryBlocks};
+
+    fn put_shard(store: &MemoryBlocks, links: Vec<(String, Cid)>) -> Cid {
+        let mut unixfs = UnixfsData::new(DataType::HamtShard);
+        unixfs.hash_type = Some(HAMT_HASH_MURMUR3);
+        unixfs.fanout = Some(256);
+        unixfs.data = Some(vec![0; 32]);
+        let links = links
+            .into_iter()
+            .map(|(name, cid)| PbLink { cid, name: Some(name), tsize: Some(1) })
+            .collect();
+        let bytes = PbNode { links, data: Some(unixfs.encode()) }.encode();
+        let cid = cid_v1(codec::DAG_PB, &bytes);
+        store.put_block(&cid, &bytes).unwrap();
+        cid
+    }
+
+    fn put_raw(store: &MemoryBlocks, text: &str) -> Cid {
+        let cid = cid_v1(codec::RAW, text.as_bytes());
+        store.put_block(&cid, text.as_bytes()).unwrap();
+        cid
+    }
+
+    fn hash_byte(name: &str, level: usize) -> u8 {
+        murmur3_x64_64(name.as_bytes()).to_be_bytes()[level]
+    }
+
+    #[test]
+    fn resolves_names_through_nested_hamt_shards() {
+        let store = MemoryBlocks::new();
+        // Two names that share a bucket at the first level force a sub-shard.
+        let names: Vec<String> = (0..100).map(|i| format!("lesson-{i}.html")).collect();
+        let (first, second) = names
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| {
+                names[i + 1..].iter().find(|b| hash_byte(a, 0) == hash_byte(b, 0)).map(|b| (a, b))
+            })
+            .expect("100 names over 256 buckets collide");
+        assert_ne!(hash_byte(first, 1), hash_byte(second, 1));
+        let label = |name: &str, level| format!("{:02X}{name}", hash_byte(name, level));
+        let sub = put_shard(
+            &store,
+            vec![
+                (label(first, 1), put_raw(&store, first)),
+                (label(second, 1), put_raw(&store, second)),
+            ],
+        );
+        let loner = names.iter().find(|n| hash_byte(n, 0) != hash_byte(first, 0)).unwrap();
+        let root = put_shard(
+            &store,
+            vec![
+                (format!("{:02X}", hash_byte(first, 0)), sub),
+                (label(loner, 0), put_raw(&store, loner)),
+            ],
+        );
+        for name in [first, second, loner] {
+            let found = resolve(&store, &root, name).unwrap();
+            assert_eq!(store.get_block(&found).unwrap(), name.as_bytes());
+        }
+        let listed: Vec<String> =
+            list_dir(&store, &root).unwrap().into_iter().map(|entry| entry.name).collect();
+        let mut expected = vec![first.clone(), second.clone(), loner.clone()];
+        expected.sort();
+        assert_eq!(listed, expected);
+
+        // A name whose bucket holds someone else, and one whose bucket is empty.
+        let same_bucket = names
+            .iter()
+            .find(|n| *n != loner && hash_byte(n, 0) == hash_byte(loner, 0))
+            .cloned()
+            .unwrap_or_else(|| "absent".into());
+        for missing in [same_bucket.as_str(), "no-such-lesson.html"] {
+            assert!(matches!(resolve(&store, &root, missing), Err(ReadError::NoSuchEntry { .. })));
+        }
+
+        // A sub-shard label that points at a file is malformed.
+        let bogus =
+            put_shard(&store, vec![(format!("{:02X}", hash_byte(first, 0)), put_raw(&store, "x"))]);
+        assert!(matches!(resolve(&store, &bogus, first), Err(ReadError::Malformed { .. })));
+    }
+
     #[test]
     fn shard_labels_need_a_hex_prefix() {
         let cid = crate::block::cid_v1(codec::DAG_PB, b"x");
