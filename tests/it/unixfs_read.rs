@@ -409,6 +409,14 @@ fn lying_sizes_are_caught_before_bad_bytes_are_written() {
     );
     assert_eq!(out, pattern(100, 1), "only the honest leaf was written");
 
+    // A child hiding its bytes behind a declared size of zero.
+    let hidden = Built { size: 0, ..second };
+    let root = dag.file_node(b"", &[first, hidden], true);
+    assert!(matches!(
+        dag.read(&root.cid),
+        Err(ReadError::SizeMismatch { declared: 0, actual: 100, .. })
+    ));
+
     // filesize disagreeing with blocksizes.
     let mut unixfs = UnixfsData::new(DataType::File);
     unixfs.filesize = Some(999);
