@@ -57,7 +57,7 @@ fn profile_for(args: &AddArgs, default_profile: &str) -> Result<Profile> {
     let name = args.profile.as_deref().unwrap_or(default_profile);
     let mut profile = Profile::by_name(name).map_err(|err| anyhow!("{err}"))?;
     if let Some(version) = args.cid_version {
-        profile = profile.with_cid_version(version).map_err(|err| anyhow!("{err}"))?;
+        profile = profile.with_cid_version(u64::from(version)).map_err(|err| anyhow!("{err}"))?;
     }
     if let Some(chunker) = &args.chunker {
         profile = profile.with_chunker(chunker).map_err(|err| anyhow!("{err}"))?;
@@ -173,18 +173,23 @@ pub fn export(repo: &Repo, args: ExportArgs) -> Result<ExitCode> {
         }
     }
     let tmp = args.output.with_extension("car.partial");
-    let result = (|| -> Result<u64> {
+    let result = (|| -> Result<car::ExportSummary> {
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let blocks = car::export_dag(repo.store(), &roots, &mut out)?;
+        let summary = car::export_dag(repo.store(), &roots, &mut out)?;
         let file = out.into_inner().map_err(|err| err.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
-        Ok(blocks)
+        Ok(summary)
     })();
     match result {
-        Ok(blocks) => {
-            println!("exported {blocks} blocks to {}", args.output.display());
+        Ok(summary) => {
+            println!(
+                "exported {} blocks ({}) to {}",
+                summary.blocks,
+                output::bytes(summary.bytes),
+                args.output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

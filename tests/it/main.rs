@@ -1,5 +1,7 @@
 //! The integration test binary: one module per area.
 
+mod car;
 mod gen;
 mod store;
 mod unixfs_import;
+mod unixfs_read;
