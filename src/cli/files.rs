@@ -70,7 +70,7 @@ pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
         let profile = profile_for(&args, "unixfs-v1-2025")?;
         let sink = MemoryBlocks::discarding();
         let (root, entries) = import_with_progress(&args, &profile, &sink)?;
-        print_added(&args, &root, &entries);
+        print_added(args.quiet, &root, &entries);
         return Ok(ExitCode::SUCCESS);
     }
     let repo = Repo::open(repo_path)?;
@@ -78,7 +78,7 @@ pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
     let batch = repo.store().batch();
     let (root, entries) = import_with_progress(&args, &profile, &batch)?;
     batch.commit_and_pin(&[root.cid], "user")?;
-    print_added(&args, &root, &entries);
+    print_added(args.quiet, &root, &entries);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -109,21 +109,18 @@ fn import_with_progress(args: &AddArgs, profile: &Profile, sink: &impl BlockPut)
     Ok((root, entries))
 }
 
-fn print_added(args: &AddArgs, root: &Imported, entries: &AddedEntries) {
+fn print_added(quiet: bool, root: &Imported, entries: &AddedEntries) {
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    if args.quiet {
+    if quiet {
         let _ = writeln!(out, "{}", root.cid);
         return;
     }
-    let base = args.path.file_name().map(PathBuf::from).unwrap_or_else(|| args.path.clone());
+    // Entries arrive children first, each named relative to the parent of the added
+    // path, so the root comes last under its own name.
     for (relative, cid) in entries {
-        if relative.as_os_str().is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "added {cid} {}", base.join(relative).display());
+        let _ = writeln!(out, "added {cid} {}", relative.display());
     }
-    let _ = writeln!(out, "added {} {}", root.cid, base.display());
 }
 
 pub fn cat(repo: &Repo, path: &str) -> Result<ExitCode> {

@@ -454,46 +454,7 @@ fn hamt_lookup<B: BlockGet + ?Sized>(
 /// The first 64 bits of MurmurHash3 x64_128 with seed 0, read big-endian: the hash that
 /// places names in UnixFS HAMT shards.
 fn murmur3_x64_64(input: &[u8]) -> u64 {
-    const C1: u64 = 0x87c3_7b91_1142_53d5;
-    const C2: u64 = 0x4cf5_ad43_2745_937f;
-    let mix_k1 = |k: u64| k.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
-    let mix_k2 = |k: u64| k.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
-    let (mut h1, mut h2) = (0u64, 0u64);
-    let mut blocks = input.chunks_exact(16);
-    for block in &mut blocks {
-        let (low, high) = block.split_at(8);
-        let k1 = u64::from_le_bytes(low.try_into().unwrap_or_default());
-        let k2 = u64::from_le_bytes(high.try_into().unwrap_or_default());
-        h1 ^= mix_k1(k1);
-        h1 = h1.rotate_left(27).wrapping_add(h2).wrapping_mul(5).wrapping_add(0x52dc_e729);
-        h2 ^= mix_k2(k2);
-        h2 = h2.rotate_left(31).wrapping_add(h1).wrapping_mul(5).wrapping_add(0x3849_5ab5);
-    }
-    let tail = blocks.remainder();
-    let little_endian =
-        |bytes: &[u8]| bytes.iter().rev().fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
-    if tail.len() > 8 {
-        h2 ^= mix_k2(little_endian(&tail[8..]));
-    }
-    if !tail.is_empty() {
-        h1 ^= mix_k1(little_endian(&tail[..tail.len().min(8)]));
-    }
-    let len = input.len() as u64;
-    h1 ^= len;
-    h2 ^= len;
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    h1 = fmix64(h1);
-    h2 = fmix64(h2);
-    h1.wrapping_add(h2)
-}
-
-fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^ (k >> 33)
+    super::hamt::murmur3_x64_128(input, 0).0
 }
 
 /// Streams the content of the file (or raw node) `cid` to `out` and returns the number of

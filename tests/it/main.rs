@@ -1,6 +1,7 @@
 //! The integration test binary: one module per area.
 
 mod car;
+mod cli;
 mod gen;
 mod store;
 mod unixfs_import;

@@ -150,7 +150,7 @@ fn build(dag: &Dag, shape: &Shape, content: &mut Vec<u8>, counter: &mut u64) -> 
         Shape::Node { inline, children } => {
             let inline_data = pattern(*inline, *counter + 1000);
             content.extend_from_slice(&inline_data);
-            let v0 = *counter % 2 == 0;
+            let v0 = (*counter).is_multiple_of(2);
             let built: Vec<Built> =
                 children.iter().map(|child| build(dag, child, content, counter)).collect();
             dag.file_node(&inline_data, &built, v0)
