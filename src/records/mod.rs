@@ -1,0 +1,13 @@
+//! The signed record layer: resource records, licences, collections and retractions.
+//!
+//! Wire formats are described in docs/PROTOCOL-records.md; the licence rules in docs/LICENSES.md.
+
+pub mod codec;
+pub mod error;
+pub mod licence;
+pub mod record;
+pub mod validate;
+
+pub use error::{Kind, RecordError, Result};
+pub use licence::{CcLicence, Licence, LicenceConflict, LicenceWarning};
+pub use record::{attribution, Author, BasedOn, Educational, Record, RecordDraft};
