@@ -3,6 +3,8 @@
 //! Wire formats are described in docs/PROTOCOL-records.md; the licence rules in docs/LICENSES.md.
 
 pub mod codec;
+pub mod collection;
+pub mod entries;
 pub mod error;
 pub mod licence;
 pub mod record;
@@ -11,3 +13,5 @@ pub mod validate;
 pub use error::{Kind, RecordError, Result};
 pub use licence::{CcLicence, Licence, LicenceConflict, LicenceWarning};
 pub use record::{attribution, Author, BasedOn, Educational, Record, RecordDraft};
+pub use collection::{CollectionId, Head, HeadDraft, Retraction};
+pub use entries::Entry;
