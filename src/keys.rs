@@ -13,10 +13,12 @@
 //! match the key derived from the seed. Key files are created with mode 0600 from the start (never
 //! widened and then narrowed), and a key file that group or others can read is refused.
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use cid::multibase::{self, Base};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -70,9 +72,32 @@ pub fn did_key(key: &VerifyingKey) -> String {
     format!("{DID_KEY_PREFIX}{}", multibase::encode(Base::Base58Btc, bytes))
 }
 
+/// How many parsed did:keys are remembered. Parsing costs a curve point decompression, which
+/// is a noticeable share of verifying a record, and records come from few publishers.
+const DID_CACHE_CAPACITY: usize = 4096;
+
+fn did_cache() -> &'static Mutex<HashMap<String, VerifyingKey>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, VerifyingKey>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
 /// The public key named by an ed25519 `did:key`. Only the canonical spelling is accepted, so
 /// one key has exactly one DID string (it is used as an identifier and compared as text).
 pub fn parse_did_key(did: &str) -> Result<VerifyingKey, KeyError> {
+    let lock = || did_cache().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(key) = lock().get(did) {
+        return Ok(*key);
+    }
+    let key = parse_did_key_uncached(did)?;
+    let mut cache = lock();
+    if cache.len() >= DID_CACHE_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(did.to_string(), key);
+    Ok(key)
+}
+
+fn parse_did_key_uncached(did: &str) -> Result<VerifyingKey, KeyError> {
     let invalid = |reason| KeyError::InvalidDid { did: did.to_string(), reason };
     let multibase_part = did.strip_prefix(DID_KEY_PREFIX).ok_or_else(|| invalid("does not start with did:key:"))?;
     if !multibase_part.starts_with('z') {

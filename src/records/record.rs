@@ -1,7 +1,7 @@
 //! Resource records: signed descriptions of one piece of content.
 
 use cid::Cid;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{self, SignatureBytes};
@@ -186,8 +186,8 @@ impl Record {
     /// Strictly decodes, validates and verifies a record block.
     pub fn decode_and_verify(bytes: &[u8]) -> Result<Record> {
         let record: Record = codec::decode(Kind::Record, bytes)?;
-        record.validate()?;
-        record.verify_signature()?;
+        let publisher = record.validate()?;
+        record.verify_signature(&publisher)?;
         Ok(record)
     }
 
@@ -200,7 +200,8 @@ impl Record {
         self.signature.map(|s| s.0)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every field; returns the publisher's key, parsed on the way.
+    fn validate(&self) -> Result<VerifyingKey> {
         validate::line("title", &self.title, MAX_TITLE_BYTES)?;
         if let Some(description) = &self.description {
             validate::text("description", description, MAX_DESCRIPTION_BYTES)?;
@@ -233,17 +234,15 @@ impl Record {
         }
         self.educational.validate()?;
         validate::time(&self.created)?;
-        keys::parse_did_key(&self.publisher)?;
-        Ok(())
+        Ok(keys::parse_did_key(&self.publisher)?)
     }
 
-    fn verify_signature(&self) -> Result<()> {
-        let publisher = keys::parse_did_key(&self.publisher)?;
+    fn verify_signature(&self, publisher: &VerifyingKey) -> Result<()> {
         let bad = || RecordError::BadSignature { kind: Kind::Record, publisher: self.publisher.clone() };
         let signature = self.signature.ok_or_else(bad)?;
         let unsigned = Record { signature: None, ..self.clone() };
         let body = codec::encode(Kind::Record, &unsigned)?;
-        if codec::verify(Kind::Record, &publisher, &body, &signature) {
+        if codec::verify(Kind::Record, publisher, &body, &signature) {
             Ok(())
         } else {
             Err(bad())

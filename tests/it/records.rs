@@ -703,3 +703,76 @@ fn hand_made_vectors_are_rejected_for_the_documented_reason() -> TestResult {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- performance figures
+
+#[test]
+#[ignore = "prints performance figures; run: cargo test --release --test it record_layer_performance -- --ignored --nocapture"]
+fn record_layer_performance_figures() -> TestResult {
+    use rayon::prelude::*;
+    use std::time::Instant;
+
+    const RECORDS: usize = 100_000;
+    let publisher = key(1);
+    let started = Instant::now();
+    let signed: Vec<(Cid, Vec<u8>)> = (0..RECORDS)
+        .into_par_iter()
+        .map(|i| {
+            let title = format!("Lesson {i}: fractions and decimals");
+            signed_bytes(&publisher, RecordDraft { content: content(&title), ..draft(&title, "CC-BY-SA-4.0") })
+        })
+        .collect();
+    println!("signed {RECORDS} records in {:?} (all cores)", started.elapsed());
+    println!("record size: {} bytes", signed[0].1.len());
+
+    let sample = &signed[..20_000];
+    let started = Instant::now();
+    for (_, bytes) in sample {
+        Record::decode_and_verify(bytes)?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "strict decode + verify_strict, one thread: {} records in {elapsed:?} = {:.0} records/s",
+        sample.len(),
+        sample.len() as f64 / elapsed.as_secs_f64()
+    );
+
+    let node = Node::new();
+    let book = node.book(&[&publisher]);
+    let started = Instant::now();
+    signed.par_iter().try_for_each(|(_, bytes)| book.accept_record(bytes).map(|_| ()))?;
+    println!("accepted (verified, stored, indexed) {RECORDS} records in {:?} (all cores)", started.elapsed());
+
+    book.create_collection("big", "k", &publisher.verifying_key())?;
+    let all_entries: Vec<Entry> = signed.iter().map(|(cid, _)| Entry::new(*cid)).collect();
+    let started = Instant::now();
+    let built = book.add_entries("big", all_entries)?;
+    println!("built a {RECORDS}-entry list in {:?} ({} chunks)", started.elapsed(), built.chunks_written);
+    let started = Instant::now();
+    book.publish("big", &publisher)?;
+    println!("published version 1 in {:?}", started.elapsed());
+
+    let extra = book.sign_record(&publisher, draft("One more lesson", "CC-BY-4.0"))?.cid;
+    let started = Instant::now();
+    let edit = book.add_entries("big", vec![Entry::new(extra)])?;
+    let removed = book.remove_entry("big", &signed[500].0)?;
+    let published = book.publish("big", &publisher)?;
+    println!(
+        "next version (add 1, remove {}, publish seq {}): {:?}, {} chunk(s) rewritten",
+        usize::from(removed),
+        published.seq,
+        started.elapsed(),
+        edit.chunks_written
+    );
+
+    let started = Instant::now();
+    let shown = book.collection_show(&published.id)?;
+    let with_titles = shown.entries.iter().filter(|e| e.title().is_some() && e.summary.is_some()).count();
+    println!("listed {} entries with titles and licences in {:?}", with_titles, started.elapsed());
+    assert_eq!(with_titles, RECORDS);
+
+    let started = Instant::now();
+    let blocks = book.collection_blocks(&published.head)?;
+    println!("collected {} record-layer blocks of the version in {:?}", blocks.record_layer_blocks().len(), started.elapsed());
+    Ok(())
+}
