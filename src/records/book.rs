@@ -681,18 +681,17 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     pub fn collection_show(&self, id: &CollectionId) -> Result<CollectionView> {
         let (seq, head_cid) = self.newest_head(id)?.ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
         let head = self.load_head(&head_cid)?;
-        let all_entries = entries::read_all(&self.blocks, &head.entries)?;
-        let mut views = Vec::with_capacity(all_entries.len());
-        let mut retracted_hidden = 0;
-        for entry in all_entries {
+        let retracted_hidden = std::sync::atomic::AtomicUsize::new(0);
+        let views = entries::read_all_with(&self.blocks, &head.entries, |entry| {
             let summary = self.summary(&entry.record)?;
             if summary.as_ref().is_some_and(|s| s.retracted) {
-                retracted_hidden += 1;
-                continue;
+                retracted_hidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(None);
             }
             let trusted = summary.as_ref().is_some_and(|s| self.trusted.is_trusted(&s.publisher));
-            views.push(EntryView { entry, summary, trusted });
-        }
+            Ok(Some(EntryView { entry, summary, trusted }))
+        })?;
+        let retracted_hidden = retracted_hidden.into_inner();
         Ok(CollectionView {
             id: id.clone(),
             head: head_cid,

@@ -64,8 +64,13 @@ struct KindProbe {
 
 const CBOR_MAJOR_MAP: u8 = 5;
 
+/// An object that carries its kind tag in the `k` field.
+pub trait Tagged {
+    fn kind_tag(&self) -> &str;
+}
+
 /// Decodes `bytes` as a `kind` object, refusing anything but its one canonical encoding.
-pub fn decode<T: DeserializeOwned + Serialize>(kind: Kind, bytes: &[u8]) -> Result<T> {
+pub fn decode<T: DeserializeOwned + Serialize + Tagged>(kind: Kind, bytes: &[u8]) -> Result<T> {
     let limit = kind.max_size();
     if bytes.len() > limit {
         return Err(RecordError::TooLarge { kind, size: bytes.len(), limit });
@@ -75,20 +80,31 @@ pub fn decode<T: DeserializeOwned + Serialize>(kind: Kind, bytes: &[u8]) -> Resu
         Some(first) if first >> 5 != CBOR_MAJOR_MAP => return Err(RecordError::NotAMap { kind }),
         Some(_) => {}
     }
-    let probe: KindProbe = serde_ipld_dagcbor::from_slice(bytes)
-        .map_err(|e| RecordError::MalformedCbor { kind, reason: e.to_string() })?;
-    match probe.kind {
-        None => return Err(RecordError::MissingField { kind, field: KIND_FIELD.into() }),
-        Some(found) if found != kind.tag() => {
-            return Err(RecordError::WrongKind { expected: kind, expected_tag: kind.tag(), found })
-        }
-        Some(_) => {}
+    let value: T = match serde_ipld_dagcbor::from_slice(bytes) {
+        Ok(value) => value,
+        // Only a refused input pays for the second, tag-only parse that explains the refusal.
+        Err(error) => return Err(explain_refusal(kind, bytes, error)),
+    };
+    if value.kind_tag() != kind.tag() {
+        return Err(RecordError::WrongKind { expected: kind, expected_tag: kind.tag(), found: value.kind_tag().into() });
     }
-    let value: T = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| classify_decode_error(kind, e))?;
     if encode(kind, &value)? != bytes {
         return Err(RecordError::NonCanonical { kind });
     }
     Ok(value)
+}
+
+/// A wrong kind tag explains a refusal better than the field errors it causes, so it is
+/// looked for first.
+fn explain_refusal<E: std::fmt::Debug>(kind: Kind, bytes: &[u8], error: DecodeError<E>) -> RecordError {
+    match serde_ipld_dagcbor::from_slice::<KindProbe>(bytes) {
+        Err(probe_error) => RecordError::MalformedCbor { kind, reason: probe_error.to_string() },
+        Ok(KindProbe { kind: None }) => RecordError::MissingField { kind, field: KIND_FIELD.into() },
+        Ok(KindProbe { kind: Some(found) }) if found != kind.tag() => {
+            RecordError::WrongKind { expected: kind, expected_tag: kind.tag(), found }
+        }
+        Ok(_) => classify_decode_error(kind, error),
+    }
 }
 
 /// serde reports field problems only as messages; turn the ones that have their own variant

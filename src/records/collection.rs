@@ -226,6 +226,18 @@ impl Retraction {
     }
 }
 
+impl codec::Tagged for Head {
+    fn kind_tag(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl codec::Tagged for Retraction {
+    fn kind_tag(&self) -> &str {
+        &self.kind
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use cid::Cid;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::codec;
@@ -172,22 +173,41 @@ fn read_chunk<S: BlockGet + ?Sized>(store: &S, chunk_ref: &ChunkRef) -> Result<V
 }
 
 /// All entries in record-CID order, each chunk verified against its CID.
-pub fn read_all<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<Vec<Entry>> {
+pub fn read_all<S: BlockGet + Sync + ?Sized>(store: &S, root: &Cid) -> Result<Vec<Entry>> {
+    read_all_with(store, root, |entry| Ok(Some(entry)))
+}
+
+/// Reads all entries in record-CID order and maps each through `f` (dropping `None`s). Chunks
+/// are fetched, verified and mapped in parallel, since listing a large collection is dominated
+/// by per-chunk hashing and decoding and per-entry index lookups.
+pub fn read_all_with<S, T, F>(store: &S, root: &Cid, f: F) -> Result<Vec<T>>
+where
+    S: BlockGet + Sync + ?Sized,
+    T: Send,
+    F: Fn(Entry) -> Result<Option<T>> + Sync,
+{
     let decoded = read_root(store, root)?;
-    let mut entries = Vec::with_capacity(decoded.count as usize);
-    let mut last_key: Option<Vec<u8>> = None;
-    for chunk_ref in &decoded.chunks {
-        let chunk = read_chunk(store, chunk_ref)?;
-        // Chunks are sorted by first entry; this also rules out overlapping chunks.
-        if let (Some(last), Some(first)) = (&last_key, chunk.first()) {
-            if *last >= sort_key(&first.record) {
-                return Err(RecordError::InvalidEntryList(format!("chunk {} overlaps its predecessor", chunk_ref.chunk)));
+    let chunks: Vec<(Vec<u8>, Vec<u8>, Vec<T>)> = decoded
+        .chunks
+        .par_iter()
+        .map(|chunk_ref| {
+            let entries = read_chunk(store, chunk_ref)?;
+            let first = entries.first().map(|e| sort_key(&e.record)).unwrap_or_default();
+            let last = entries.last().map(|e| sort_key(&e.record)).unwrap_or_default();
+            let mut mapped = Vec::with_capacity(entries.len());
+            for entry in entries {
+                mapped.extend(f(entry)?);
             }
+            Ok((first, last, mapped))
+        })
+        .collect::<Result<_>>()?;
+    // Chunks are sorted by first entry; this also rules out overlapping chunks.
+    for (pair, chunk_ref) in chunks.windows(2).zip(decoded.chunks.iter().skip(1)) {
+        if pair[0].1 >= pair[1].0 {
+            return Err(RecordError::InvalidEntryList(format!("chunk {} overlaps its predecessor", chunk_ref.chunk)));
         }
-        last_key = chunk.last().map(|e| sort_key(&e.record));
-        entries.extend(chunk);
     }
-    Ok(entries)
+    Ok(chunks.into_iter().flat_map(|(_, _, mapped)| mapped).collect())
 }
 
 /// The CIDs of the root and all chunk blocks.
@@ -309,6 +329,18 @@ fn repack<S: BlockGet + BlockPut + ?Sized>(store: &S, chunks: &[ChunkRef]) -> Re
         repacked.push(write_chunk(store, rest.by_ref().take(FILL_CHUNK_ENTRIES).collect())?);
     }
     Ok(repacked)
+}
+
+impl codec::Tagged for EntryChunk {
+    fn kind_tag(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl codec::Tagged for EntryRoot {
+    fn kind_tag(&self) -> &str {
+        &self.kind
+    }
 }
 
 #[cfg(test)]

@@ -291,3 +291,9 @@ pub fn attribution(record: &Record, parents: &[(Cid, Option<Record>)]) -> String
     }
     line
 }
+
+impl codec::Tagged for Record {
+    fn kind_tag(&self) -> &str {
+        &self.kind
+    }
+}
