@@ -766,6 +766,16 @@ fn record_layer_performance_figures() -> TestResult {
     );
 
     let started = Instant::now();
+    let root = book.draft_info("big")?.state.entries;
+    let plain = oermesh::records::entries::read_all(&node.blocks, &root)?;
+    println!("read and verified {} entries (no index lookups) in {:?}", plain.len(), started.elapsed());
+    let started = Instant::now();
+    for entry in &plain {
+        book.summary(&entry.record)?;
+    }
+    println!("looked up {} index summaries on one thread in {:?}", plain.len(), started.elapsed());
+
+    let started = Instant::now();
     let shown = book.collection_show(&published.id)?;
     let with_titles = shown.entries.iter().filter(|e| e.title().is_some() && e.summary.is_some()).count();
     println!("listed {} entries with titles and licences in {:?}", with_titles, started.elapsed());
