@@ -5,6 +5,7 @@ pub mod car;
 pub mod config;
 pub mod keys;
 pub mod links;
+pub mod records;
 pub mod repo;
 pub mod store;
 pub mod unixfs;

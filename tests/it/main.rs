@@ -3,6 +3,7 @@
 mod car;
 mod cli;
 mod gen;
+mod records;
 mod store;
 mod unixfs_import;
 mod unixfs_read;

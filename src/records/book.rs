@@ -1,0 +1,815 @@
+//! `RecordBook`: the record layer's local state and the operations the command line uses.
+//!
+//! Blocks go to the block store given (`BlockPut`); indexes and the state of this node's own
+//! collections go to sled trees named `records/...`. Blocks are always written before the index
+//! entries that point at them, and nothing is written for an object that is refused.
+
+use cid::Cid;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::collection::{CollectionId, Head, HeadDraft, Retraction};
+use super::entries::{self, EditOutcome, Entry};
+use super::error::{Equivocation, ForeignRetraction, Kind, RecordError, Result};
+use super::licence::{check_adaptation, LicenceWarning, ParentWork};
+use super::provenance::{self, ProvenanceNode};
+use super::record::{attribution, Record, RecordDraft};
+use super::trust::TrustedPublishers;
+use crate::block::{cid_v1, codec as block_codec, BlockError, BlockGet, BlockPut};
+use crate::keys;
+
+const TREE_SUMMARIES: &str = "records/summaries";
+const TREE_BY_CONTENT: &str = "records/by-content";
+const TREE_RETRACTIONS: &str = "records/retractions";
+const TREE_HEADS: &str = "records/heads";
+const TREE_HEAD_LOG: &str = "records/head-log";
+const TREE_EQUIVOCATIONS: &str = "records/equivocations";
+const TREE_DRAFTS: &str = "records/drafts";
+
+/// What the listing index keeps per accepted record, so listings need no record blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSummary {
+    #[serde(rename = "t")]
+    pub title: String,
+    #[serde(rename = "l")]
+    pub licence: String,
+    #[serde(rename = "p")]
+    pub publisher: String,
+    #[serde(rename = "c")]
+    pub content: Cid,
+    #[serde(rename = "x")]
+    pub retracted: bool,
+}
+
+/// A freshly signed record.
+#[derive(Debug, Clone)]
+pub struct SignedRecord {
+    pub cid: Cid,
+    pub record: Record,
+    /// Parents whose licence terms could not be checked by machine.
+    pub warnings: Vec<LicenceWarning>,
+}
+
+/// A record read back from the store and verified again.
+#[derive(Debug, Clone)]
+pub struct RecordView {
+    pub cid: Cid,
+    pub record: Record,
+    pub trusted: bool,
+    pub retracted: bool,
+    /// The full TASL attribution, parents included.
+    pub attribution: String,
+}
+
+/// A record in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordListing {
+    pub cid: Cid,
+    pub summary: RecordSummary,
+    pub trusted: bool,
+}
+
+/// The state of one of this node's own collections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftState {
+    /// Name of the key (in the key directory) that publishes this collection.
+    #[serde(rename = "key")]
+    pub key_name: String,
+    #[serde(rename = "pub")]
+    pub publisher: String,
+    /// Root of the entry list as edited, published or not.
+    #[serde(rename = "root")]
+    pub entries: Cid,
+    #[serde(rename = "cnt")]
+    pub entry_count: u64,
+    /// Last seq published, 0 before the first publish.
+    #[serde(rename = "seq")]
+    pub published_seq: u64,
+    #[serde(rename = "head", default, skip_serializing_if = "Option::is_none")]
+    pub published_head: Option<Cid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftInfo {
+    pub name: String,
+    pub id: CollectionId,
+    pub state: DraftState,
+}
+
+/// The result of publishing a collection version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: CollectionId,
+    pub head: Cid,
+    pub seq: u64,
+    pub entry_count: u64,
+}
+
+/// A head that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedHead {
+    pub id: CollectionId,
+    pub cid: Cid,
+    pub seq: u64,
+    pub trusted: bool,
+    /// The same head as the newest one already known: nothing changed.
+    pub already_known: bool,
+}
+
+/// One entry of a collection listing, joined with the record index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    pub entry: Entry,
+    /// `None` when the record has not been accepted locally yet.
+    pub summary: Option<RecordSummary>,
+    pub trusted: bool,
+}
+
+impl EntryView {
+    /// The entry's own title, else the record's.
+    pub fn title(&self) -> Option<&str> {
+        self.entry.title.as_deref().or(self.summary.as_ref().map(|s| s.title.as_str()))
+    }
+}
+
+/// A collection's newest known version and its entries (retracted records left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionView {
+    pub id: CollectionId,
+    pub head: Cid,
+    pub seq: u64,
+    pub time: String,
+    pub trusted: bool,
+    pub entries: Vec<EntryView>,
+    pub retracted_hidden: usize,
+}
+
+/// A collection known to this node: published by others (accepted heads) or by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionListing {
+    pub id: CollectionId,
+    /// Newest accepted head, if any version is known.
+    pub newest: Option<(u64, Cid)>,
+    pub trusted: bool,
+    /// Present for this node's own collections.
+    pub draft: Option<DraftState>,
+}
+
+/// One step back through a collection's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryEntry {
+    Version { cid: Cid, seq: u64, time: String, entry_count: u64, entries: Cid },
+    /// The previous head is not in the local store; history stops here.
+    Missing { cid: Cid },
+    /// The previous head is in the store but is not a valid head of this collection.
+    Invalid { cid: Cid, reason: String },
+}
+
+/// Every block a collection version consists of, for export and pinning.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CollectionBlocks {
+    pub head: Option<Cid>,
+    pub entry_blocks: Vec<Cid>,
+    /// Records present locally.
+    pub records: Vec<Cid>,
+    /// Entries whose record block is not present locally.
+    pub missing_records: Vec<Cid>,
+    /// Root CIDs of the records' content (their blocks are the block store's business).
+    pub content_roots: Vec<Cid>,
+}
+
+impl CollectionBlocks {
+    /// Head, entry blocks and records: the record-layer blocks to put in a CAR.
+    pub fn record_layer_blocks(&self) -> Vec<Cid> {
+        self.head.iter().chain(&self.entry_blocks).chain(&self.records).copied().collect()
+    }
+}
+
+/// The record layer's local state over a sled database and a block store.
+pub struct RecordBook<B> {
+    db: sled::Db,
+    blocks: B,
+    trusted: TrustedPublishers,
+    summaries: sled::Tree,
+    by_content: sled::Tree,
+    retractions: sled::Tree,
+    heads: sled::Tree,
+    head_log: sled::Tree,
+    equivocations: sled::Tree,
+    drafts: sled::Tree,
+}
+
+fn damaged(what: impl std::fmt::Display) -> RecordError {
+    RecordError::DamagedState(what.to_string())
+}
+
+fn cid_from_bytes(bytes: &[u8]) -> Result<Cid> {
+    Cid::try_from(bytes).map_err(|e| damaged(format!("stored CID: {e}")))
+}
+
+fn seq_key(id: &str, seq: u64) -> Vec<u8> {
+    // A 0 byte cannot occur in a collection id, so it ends the id unambiguously.
+    let mut key = Vec::with_capacity(id.len() + 9);
+    key.extend_from_slice(id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn content_key(content: &Cid, record: &Cid) -> Vec<u8> {
+    let content = content.to_bytes();
+    let mut key = Vec::with_capacity(content.len() + 40);
+    key.extend_from_slice(&(content.len() as u16).to_be_bytes());
+    key.extend_from_slice(&content);
+    key.extend_from_slice(&record.to_bytes());
+    key
+}
+
+fn encode_newest(seq: u64, cid: &Cid) -> Vec<u8> {
+    let mut value = seq.to_be_bytes().to_vec();
+    value.extend_from_slice(&cid.to_bytes());
+    value
+}
+
+fn decode_newest(value: &[u8]) -> Result<(u64, Cid)> {
+    let (seq, cid) = value.split_at_checked(8).ok_or_else(|| damaged("newest-head entry too short"))?;
+    let seq = u64::from_be_bytes(seq.try_into().map_err(|_| damaged("newest-head seq"))?);
+    Ok((seq, cid_from_bytes(cid)?))
+}
+
+fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_ipld_dagcbor::to_vec(value).map_err(|e| damaged(format!("cannot encode local state: {e}")))
+}
+
+fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| damaged(format!("cannot decode local state: {e}")))
+}
+
+fn transaction_error(error: TransactionError<RecordError>) -> RecordError {
+    match error {
+        TransactionError::Abort(inner) => inner,
+        TransactionError::Storage(storage) => RecordError::Store(storage),
+    }
+}
+
+enum HeadCheck {
+    Fresh,
+    SameAsNewest,
+    Replay { newest: u64 },
+    Equivocation { known: Cid },
+}
+
+impl<B: BlockGet + BlockPut> RecordBook<B> {
+    /// Opens (creating if needed) the record layer's trees in `db`.
+    pub fn open(db: &sled::Db, blocks: B, trusted: TrustedPublishers) -> Result<RecordBook<B>> {
+        Ok(RecordBook {
+            summaries: db.open_tree(TREE_SUMMARIES)?,
+            by_content: db.open_tree(TREE_BY_CONTENT)?,
+            retractions: db.open_tree(TREE_RETRACTIONS)?,
+            heads: db.open_tree(TREE_HEADS)?,
+            head_log: db.open_tree(TREE_HEAD_LOG)?,
+            equivocations: db.open_tree(TREE_EQUIVOCATIONS)?,
+            drafts: db.open_tree(TREE_DRAFTS)?,
+            db: db.clone(),
+            blocks,
+            trusted,
+        })
+    }
+
+    pub fn blocks(&self) -> &B {
+        &self.blocks
+    }
+
+    pub fn trusted(&self) -> &TrustedPublishers {
+        &self.trusted
+    }
+
+    pub fn is_trusted(&self, did: &str) -> bool {
+        self.trusted.is_trusted(did)
+    }
+
+    // ---- records ----
+
+    /// Signs a record after checking its licence against every parent's, and stores it.
+    /// Parents must be in the block store: an unchecked licence is never signed.
+    pub fn sign_record(&self, key: &SigningKey, draft: RecordDraft) -> Result<SignedRecord> {
+        let child_licence = super::Licence::parse(&draft.licence, draft.licence_url.as_deref())?;
+        let mut parents = Vec::with_capacity(draft.based_on.len());
+        for based_on in &draft.based_on {
+            let parent = self.load_record(&based_on.record).map_err(|e| match e {
+                RecordError::Block(BlockError::NotFound(cid)) => RecordError::ParentMissing(cid),
+                other => RecordError::ParentInvalid { cid: based_on.record, reason: other.to_string() },
+            })?;
+            let licence = parent
+                .parsed_licence()
+                .map_err(|e| RecordError::ParentInvalid { cid: based_on.record, reason: e.to_string() })?;
+            parents.push(ParentWork { cid: based_on.record, title: parent.title, licence });
+        }
+        let warnings = check_adaptation(&child_licence, &parents)?;
+        let (cid, record, bytes) = Record::sign(key, draft)?;
+        self.blocks.put_block(&cid, &bytes)?;
+        self.index_record(&cid, &record)?;
+        Ok(SignedRecord { cid, record, warnings })
+    }
+
+    /// Accepts a record received from elsewhere: decoded strictly and verified before anything
+    /// is stored.
+    pub fn accept_record(&self, bytes: &[u8]) -> Result<Cid> {
+        let record = Record::decode_and_verify(bytes)?;
+        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
+        self.blocks.put_block(&cid, bytes)?;
+        self.index_record(&cid, &record)?;
+        Ok(cid)
+    }
+
+    fn index_record(&self, cid: &Cid, record: &Record) -> Result<()> {
+        let key = cid.to_bytes();
+        let summary = RecordSummary {
+            title: record.title.clone(),
+            licence: record.licence.clone(),
+            publisher: record.publisher.clone(),
+            content: record.content,
+            retracted: self.retractions.contains_key(&key)?,
+        };
+        self.summaries.insert(key, to_cbor(&summary)?)?;
+        self.by_content.insert(content_key(&record.content, cid), &[])?;
+        Ok(())
+    }
+
+    fn load_record(&self, cid: &Cid) -> Result<Record> {
+        let bytes = self.blocks.get_block(cid)?;
+        crate::block::verify(cid, &bytes)?;
+        Record::decode_and_verify(&bytes)
+    }
+
+    /// Reads a record back, verifies it again, and builds its attribution.
+    pub fn show_record(&self, cid: &Cid) -> Result<RecordView> {
+        let record = self.load_record(cid)?;
+        let parents: Vec<(Cid, Option<Record>)> =
+            record.based_on.iter().map(|p| (p.record, self.load_record(&p.record).ok())).collect();
+        Ok(RecordView {
+            cid: *cid,
+            trusted: self.trusted.is_trusted(&record.publisher),
+            retracted: self.is_retracted(cid)?,
+            attribution: attribution(&record, &parents),
+            record,
+        })
+    }
+
+    /// Re-checks a stored record: its block against its CID, strict decoding, signature.
+    pub fn verify_record(&self, cid: &Cid) -> Result<Record> {
+        self.load_record(cid)
+    }
+
+    /// The index summary of an accepted record.
+    pub fn summary(&self, cid: &Cid) -> Result<Option<RecordSummary>> {
+        self.summaries.get(cid.to_bytes())?.map(|v| from_cbor(&v)).transpose()
+    }
+
+    /// Non-retracted records describing `content`.
+    pub fn records_for_content(&self, content: &Cid) -> Result<Vec<RecordListing>> {
+        let content_bytes = content.to_bytes();
+        let mut prefix = (content_bytes.len() as u16).to_be_bytes().to_vec();
+        prefix.extend_from_slice(&content_bytes);
+        let mut listings = Vec::new();
+        for item in self.by_content.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            let cid = cid_from_bytes(&key[prefix.len()..])?;
+            let Some(summary) = self.summary(&cid)? else { continue };
+            if summary.retracted {
+                continue;
+            }
+            listings.push(RecordListing { cid, trusted: self.trusted.is_trusted(&summary.publisher), summary });
+        }
+        Ok(listings)
+    }
+
+    pub fn is_retracted(&self, cid: &Cid) -> Result<bool> {
+        Ok(self.retractions.contains_key(cid.to_bytes())?)
+    }
+
+    /// The provenance tree of a record; problems become nodes, never errors.
+    pub fn provenance(&self, cid: &Cid) -> ProvenanceNode {
+        let is_retracted = |cid: &Cid| self.retractions.contains_key(cid.to_bytes()).unwrap_or(false);
+        provenance::walk(&self.blocks, &self.trusted, is_retracted, cid, provenance::DEFAULT_MAX_DEPTH)
+    }
+
+    // ---- retractions ----
+
+    /// Signs and accepts a retraction of one of `key`'s own records.
+    pub fn retract(&self, key: &SigningKey, record: &Cid, reason: &str) -> Result<Cid> {
+        let (_, _, bytes) = Retraction::sign(key, *record, reason, None)?;
+        self.accept_retraction(&bytes)
+    }
+
+    /// Accepts a retraction signed by the record's own publisher. The record must be known
+    /// locally, since its publisher is what the retraction is checked against.
+    pub fn accept_retraction(&self, bytes: &[u8]) -> Result<Cid> {
+        let retraction = Retraction::decode_and_verify(bytes)?;
+        let record = match self.load_record(&retraction.record) {
+            Err(RecordError::Block(BlockError::NotFound(cid))) => return Err(RecordError::UnknownRecord(cid)),
+            other => other?,
+        };
+        if record.publisher != retraction.publisher {
+            return Err(RecordError::RetractionByOtherKey(Box::new(ForeignRetraction {
+                record: retraction.record,
+                publisher: record.publisher,
+                retractor: retraction.publisher,
+            })));
+        }
+        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
+        self.blocks.put_block(&cid, bytes)?;
+        let key = retraction.record.to_bytes();
+        let summary = RecordSummary {
+            title: record.title,
+            licence: record.licence,
+            publisher: record.publisher,
+            content: record.content,
+            retracted: true,
+        };
+        let summary = to_cbor(&summary)?;
+        (&self.retractions, &self.summaries)
+            .transaction(|(retractions, summaries)| {
+                retractions.insert(key.as_slice(), cid.to_bytes())?;
+                summaries.insert(key.as_slice(), summary.as_slice())?;
+                Ok::<_, ConflictableTransactionError<RecordError>>(())
+            })
+            .map_err(transaction_error)?;
+        Ok(cid)
+    }
+
+    /// The retraction block of a retracted record.
+    pub fn retraction_of(&self, record: &Cid) -> Result<Option<Cid>> {
+        self.retractions.get(record.to_bytes())?.map(|v| cid_from_bytes(&v)).transpose()
+    }
+
+    // ---- this node's own collections ----
+
+    fn draft(&self, name: &str) -> Result<DraftState> {
+        let value = self.drafts.get(name.as_bytes())?.ok_or_else(|| RecordError::NoSuchDraft(name.to_string()))?;
+        from_cbor(&value)
+    }
+
+    fn save_draft(&self, name: &str, state: &DraftState) -> Result<()> {
+        self.drafts.insert(name.as_bytes(), to_cbor(state)?)?;
+        Ok(())
+    }
+
+    /// Starts a new, empty local collection published by `publisher`, whose signing key is
+    /// `key_name` in the key directory.
+    pub fn create_collection(&self, name: &str, key_name: &str, publisher: &VerifyingKey) -> Result<CollectionId> {
+        let id = CollectionId::new(*publisher, name)?;
+        keys::validate_key_name(key_name)?;
+        let empty = entries::write_empty(&self.blocks)?;
+        let state = DraftState {
+            key_name: key_name.to_string(),
+            publisher: keys::did_key(publisher),
+            entries: empty,
+            entry_count: 0,
+            published_seq: 0,
+            published_head: None,
+        };
+        let created = self
+            .drafts
+            .compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(to_cbor(&state)?))?;
+        created.map_err(|_| RecordError::DraftExists(name.to_string()))?;
+        Ok(id)
+    }
+
+    /// This node's own collections.
+    pub fn drafts(&self) -> Result<Vec<DraftInfo>> {
+        let mut drafts = Vec::new();
+        for item in self.drafts.iter() {
+            let (key, value) = item?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| damaged("draft name is not UTF-8"))?;
+            let state: DraftState = from_cbor(&value)?;
+            drafts.push(DraftInfo { id: CollectionId::from_did(&state.publisher, &name)?, name, state });
+        }
+        Ok(drafts)
+    }
+
+    pub fn draft_info(&self, name: &str) -> Result<DraftInfo> {
+        let state = self.draft(name)?;
+        Ok(DraftInfo { id: CollectionId::from_did(&state.publisher, name)?, name: name.to_string(), state })
+    }
+
+    /// Adds entries (replacing any with the same record CID). Only touched chunks are rewritten.
+    pub fn add_entries(&self, name: &str, additions: Vec<Entry>) -> Result<EditOutcome> {
+        self.edit_entries(name, additions, &[])
+    }
+
+    /// Removes the entry for `record`; returns whether it was there.
+    pub fn remove_entry(&self, name: &str, record: &Cid) -> Result<bool> {
+        Ok(self.edit_entries(name, Vec::new(), std::slice::from_ref(record))?.removed > 0)
+    }
+
+    fn edit_entries(&self, name: &str, additions: Vec<Entry>, removals: &[Cid]) -> Result<EditOutcome> {
+        let mut state = self.draft(name)?;
+        let outcome = entries::edit(&self.blocks, &state.entries, additions, removals)?;
+        state.entries = outcome.root;
+        state.entry_count = outcome.count;
+        self.save_draft(name, &state)?;
+        Ok(outcome)
+    }
+
+    /// The current (possibly unpublished) entries of a local collection.
+    pub fn draft_entries(&self, name: &str) -> Result<Vec<Entry>> {
+        entries::read_all(&self.blocks, &self.draft(name)?.entries)
+    }
+
+    /// Signs the next head of a local collection over its current entry list.
+    ///
+    /// The new seq is made durable (sled flush) before the head is returned, so a crash can
+    /// never lead this node to sign two different heads with the same seq.
+    pub fn publish(&self, name: &str, key: &SigningKey) -> Result<Published> {
+        let mut state = self.draft(name)?;
+        let signer = keys::did_key(&key.verifying_key());
+        if signer != state.publisher {
+            return Err(RecordError::KeyMismatch { name: name.to_string(), expected: state.publisher, got: signer });
+        }
+        let seq = state.published_seq + 1;
+        let draft = HeadDraft {
+            name: name.to_string(),
+            seq,
+            entries: state.entries,
+            entry_count: state.entry_count,
+            previous: state.published_head,
+            time: None,
+        };
+        let (head_cid, head, bytes) = Head::sign(key, draft)?;
+        let id = head.collection_id()?;
+        self.blocks.put_block(&head_cid, &bytes)?;
+        state.published_seq = seq;
+        state.published_head = Some(head_cid);
+        let draft_value = to_cbor(&state)?;
+        let id_text = id.to_string();
+        (&self.drafts, &self.heads, &self.head_log)
+            .transaction(|(drafts, heads, head_log)| {
+                drafts.insert(name.as_bytes(), draft_value.as_slice())?;
+                heads.insert(id_text.as_bytes(), encode_newest(seq, &head_cid))?;
+                head_log.insert(seq_key(&id_text, seq), head_cid.to_bytes())?;
+                Ok::<_, ConflictableTransactionError<RecordError>>(())
+            })
+            .map_err(transaction_error)?;
+        self.db.flush()?;
+        Ok(Published { id, head: head_cid, seq, entry_count: state.entry_count })
+    }
+
+    // ---- heads from others ----
+
+    fn check_head(&self, id: &str, seq: u64, cid: &Cid) -> Result<HeadCheck> {
+        if let Some(known) = self.head_log.get(seq_key(id, seq))? {
+            let known = cid_from_bytes(&known)?;
+            if known != *cid {
+                return Ok(HeadCheck::Equivocation { known });
+            }
+        }
+        match self.heads.get(id.as_bytes())? {
+            None => Ok(HeadCheck::Fresh),
+            Some(value) => {
+                let (newest, newest_cid) = decode_newest(&value)?;
+                if seq > newest {
+                    Ok(HeadCheck::Fresh)
+                } else if seq == newest && newest_cid == *cid {
+                    Ok(HeadCheck::SameAsNewest)
+                } else {
+                    Ok(HeadCheck::Replay { newest })
+                }
+            }
+        }
+    }
+
+    /// Accepts a collection head: signature first, then the seq rules. A head with the seq of a
+    /// known, different head is an equivocation: both heads are kept as evidence and the new
+    /// one is refused.
+    pub fn accept_head(&self, bytes: &[u8]) -> Result<AcceptedHead> {
+        let head = Head::decode_and_verify(bytes)?;
+        let id = head.collection_id()?;
+        let id_text = id.to_string();
+        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
+        let trusted = self.trusted.is_trusted(&head.publisher);
+        match self.check_head(&id_text, head.seq, &cid)? {
+            HeadCheck::SameAsNewest => {
+                return Ok(AcceptedHead { id, cid, seq: head.seq, trusted, already_known: true })
+            }
+            HeadCheck::Replay { newest } => {
+                return Err(RecordError::Replay { collection: id_text, newest, got: head.seq })
+            }
+            HeadCheck::Equivocation { known } => {
+                self.blocks.put_block(&cid, bytes)?;
+                let mut key = seq_key(&id_text, head.seq);
+                key.extend_from_slice(&cid.to_bytes());
+                self.equivocations.insert(key, known.to_bytes())?;
+                return Err(RecordError::Equivocation(Box::new(Equivocation {
+                    collection: id_text,
+                    seq: head.seq,
+                    known,
+                    conflicting: cid,
+                })));
+            }
+            HeadCheck::Fresh => {}
+        }
+        self.blocks.put_block(&cid, bytes)?;
+        let seq = head.seq;
+        // Checked again inside the transaction so two concurrent heads cannot both win.
+        let outcome = (&self.heads, &self.head_log)
+            .transaction(|(heads, head_log)| {
+                let log_key = seq_key(&id_text, seq);
+                if let Some(known) = head_log.get(&log_key)? {
+                    let known = cid_from_bytes(&known).map_err(ConflictableTransactionError::Abort)?;
+                    if known != cid {
+                        return Ok(HeadCheck::Equivocation { known });
+                    }
+                }
+                if let Some(value) = heads.get(id_text.as_bytes())? {
+                    let (newest, _) = decode_newest(&value).map_err(ConflictableTransactionError::Abort)?;
+                    if seq <= newest {
+                        return Ok(HeadCheck::Replay { newest });
+                    }
+                }
+                heads.insert(id_text.as_bytes(), encode_newest(seq, &cid))?;
+                head_log.insert(log_key, cid.to_bytes())?;
+                Ok(HeadCheck::Fresh)
+            })
+            .map_err(transaction_error)?;
+        match outcome {
+            HeadCheck::Fresh | HeadCheck::SameAsNewest => Ok(AcceptedHead { id, cid, seq, trusted, already_known: false }),
+            HeadCheck::Replay { newest } => Err(RecordError::Replay { collection: id_text, newest, got: seq }),
+            HeadCheck::Equivocation { known } => Err(RecordError::Equivocation(Box::new(Equivocation {
+                collection: id_text,
+                seq,
+                known,
+                conflicting: cid,
+            }))),
+        }
+    }
+
+    /// Equivocations seen for a collection, oldest seq first.
+    pub fn equivocations(&self, id: &CollectionId) -> Result<Vec<Equivocation>> {
+        let id_text = id.to_string();
+        let mut prefix = id_text.as_bytes().to_vec();
+        prefix.push(0);
+        let mut found = Vec::new();
+        for item in self.equivocations.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let rest = &key[prefix.len()..];
+            let (seq, conflicting) = rest.split_at_checked(8).ok_or_else(|| damaged("equivocation key"))?;
+            found.push(Equivocation {
+                collection: id_text.clone(),
+                seq: u64::from_be_bytes(seq.try_into().map_err(|_| damaged("equivocation seq"))?),
+                known: cid_from_bytes(&value)?,
+                conflicting: cid_from_bytes(conflicting)?,
+            });
+        }
+        Ok(found)
+    }
+
+    /// The newest accepted head of a collection.
+    pub fn newest_head(&self, id: &CollectionId) -> Result<Option<(u64, Cid)>> {
+        self.heads.get(id.to_string().as_bytes())?.map(|v| decode_newest(&v)).transpose()
+    }
+
+    fn load_head(&self, cid: &Cid) -> Result<Head> {
+        let bytes = self.blocks.get_block(cid)?;
+        crate::block::verify(cid, &bytes)?;
+        Head::decode_and_verify(&bytes)
+    }
+
+    /// The newest version of a collection with its entries, joined with the record index.
+    /// Entries whose record is retracted are left out (and counted).
+    pub fn collection_show(&self, id: &CollectionId) -> Result<CollectionView> {
+        let (seq, head_cid) = self.newest_head(id)?.ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
+        let head = self.load_head(&head_cid)?;
+        let retracted_hidden = std::sync::atomic::AtomicUsize::new(0);
+        let views = entries::read_all_with(&self.blocks, &head.entries, |entry| {
+            let summary = self.summary(&entry.record)?;
+            if summary.as_ref().is_some_and(|s| s.retracted) {
+                retracted_hidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(None);
+            }
+            let trusted = summary.as_ref().is_some_and(|s| self.trusted.is_trusted(&s.publisher));
+            Ok(Some(EntryView { entry, summary, trusted }))
+        })?;
+        let retracted_hidden = retracted_hidden.into_inner();
+        Ok(CollectionView {
+            id: id.clone(),
+            head: head_cid,
+            seq,
+            time: head.time,
+            trusted: self.trusted.is_trusted(&head.publisher),
+            entries: views,
+            retracted_hidden,
+        })
+    }
+
+    /// Every collection known here: accepted heads and this node's own collections.
+    pub fn collection_list(&self) -> Result<Vec<CollectionListing>> {
+        let mut listings: Vec<CollectionListing> = Vec::new();
+        for item in self.heads.iter() {
+            let (key, value) = item?;
+            let id_text = std::str::from_utf8(&key).map_err(|_| damaged("collection id is not UTF-8"))?;
+            let id: CollectionId = id_text.parse()?;
+            let trusted = self.trusted.is_trusted(&id.publisher_did());
+            listings.push(CollectionListing { id, newest: Some(decode_newest(&value)?), trusted, draft: None });
+        }
+        for draft in self.drafts()? {
+            match listings.iter_mut().find(|l| l.id == draft.id) {
+                Some(listing) => listing.draft = Some(draft.state),
+                None => listings.push(CollectionListing {
+                    trusted: self.trusted.is_trusted(&draft.state.publisher),
+                    id: draft.id,
+                    newest: None,
+                    draft: Some(draft.state),
+                }),
+            }
+        }
+        listings.sort_by_key(|l| l.id.to_string());
+        Ok(listings)
+    }
+
+    /// The collection's versions, newest first, following `previous` links through the block
+    /// store until the first head or a head that is not available.
+    pub fn history(&self, id: &CollectionId) -> Result<Vec<HistoryEntry>> {
+        let (newest_seq, newest) = self.newest_head(id)?.ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
+        let mut history = Vec::new();
+        let mut next = Some(newest);
+        let mut expected_seq = newest_seq;
+        while let Some(cid) = next.take() {
+            let head = match self.load_head(&cid) {
+                Ok(head) => head,
+                Err(RecordError::Block(BlockError::NotFound(_))) => {
+                    history.push(HistoryEntry::Missing { cid });
+                    break;
+                }
+                Err(other) => {
+                    history.push(HistoryEntry::Invalid { cid, reason: other.to_string() });
+                    break;
+                }
+            };
+            // Seqs must fall by at least one per step, which also bounds the walk.
+            let belongs = head.collection_id().ok().as_ref() == Some(id) && head.seq <= expected_seq;
+            if !belongs {
+                history.push(HistoryEntry::Invalid { cid, reason: "not an earlier head of this collection".into() });
+                break;
+            }
+            expected_seq = head.seq.saturating_sub(1);
+            next = head.previous;
+            history.push(HistoryEntry::Version {
+                cid,
+                seq: head.seq,
+                time: head.time,
+                entry_count: head.entry_count,
+                entries: head.entries,
+            });
+        }
+        Ok(history)
+    }
+
+    /// Every block of one collection version: the head, the entry-list blocks, the records
+    /// present locally, and the records' content roots.
+    pub fn collection_blocks(&self, head_cid: &Cid) -> Result<CollectionBlocks> {
+        let head = self.load_head(head_cid)?;
+        let mut blocks = CollectionBlocks {
+            head: Some(*head_cid),
+            entry_blocks: entries::block_cids(&self.blocks, &head.entries)?,
+            ..CollectionBlocks::default()
+        };
+        for entry in entries::read_all(&self.blocks, &head.entries)? {
+            match self.summary(&entry.record)? {
+                Some(summary) => {
+                    blocks.records.push(entry.record);
+                    blocks.content_roots.push(summary.content);
+                }
+                None => blocks.missing_records.push(entry.record),
+            }
+        }
+        blocks.content_roots.sort_by_key(|c| c.to_bytes());
+        blocks.content_roots.dedup();
+        Ok(blocks)
+    }
+}
+
+/// Which kind a block claims to be, for routing received blocks; `None` if it has no tag.
+pub fn kind_of(bytes: &[u8]) -> Option<Kind> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "k")]
+        kind: String,
+    }
+    let probe: Probe = serde_ipld_dagcbor::from_slice(bytes).ok()?;
+    [Kind::Record, Kind::Head, Kind::Retraction, Kind::EntryRoot, Kind::EntryChunk]
+        .into_iter()
+        .find(|k| k.tag() == probe.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_keys_sort_by_seq_within_a_collection() {
+        assert!(seq_key("a/b", 2) < seq_key("a/b", 10));
+        assert!(seq_key("a/b", u64::MAX) < seq_key("a/bc", 0));
+    }
+}
