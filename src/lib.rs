@@ -8,4 +8,5 @@ pub mod links;
 pub mod records;
 pub mod repo;
 pub mod store;
+pub mod transfer;
 pub mod unixfs;

@@ -16,7 +16,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::records::{RecordBook, RecordError, TrustedPublishers};
+use crate::store::{GcReport, Store, StoreConfig, StoreError, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -34,6 +35,8 @@ pub enum RepoError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Records(#[from] RecordError),
 }
 
 /// An open repository. Holding it holds the repository's lock.
@@ -112,6 +115,30 @@ impl Repo {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
+    }
+
+    /// The record layer over this repository's store. It trusts the publishers in the
+    /// config and this node's own publisher keys: what a school signs itself needs no
+    /// separate vouching.
+    pub fn records(&self) -> Result<RecordBook<Store>, RepoError> {
+        let mut dids = self.config.trust.publishers.clone();
+        if self.keys_dir().is_dir() {
+            dids.extend(crate::keys::list(&self.keys_dir())?.into_iter().map(|key| key.did));
+        }
+        let trusted = TrustedPublishers::new(dids.iter())?;
+        Ok(RecordBook::open(self.store.db(), self.store.clone(), trusted)?)
+    }
+
+    /// Garbage collection over pins and everything the record layer holds on to.
+    pub fn gc(&self) -> Result<GcReport, RepoError> {
+        let roots = self.records()?.gc_roots()?;
+        Ok(self.store.gc(&roots.keep, &roots.retracted)?)
+    }
+
+    /// Verifies every block, and that every pinned or record-layer DAG is complete.
+    pub fn verify(&self) -> Result<VerifyReport, RepoError> {
+        let roots = self.records()?.gc_roots()?;
+        Ok(self.store.verify(&roots.keep)?)
     }
 
     /// Replaces the trusted publishers, in memory and in config.toml.

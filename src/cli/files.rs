@@ -11,7 +11,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use oermesh::block::{BlockPut, MemoryBlocks};
-use oermesh::car::{self, CarReader};
+use oermesh::car;
 use oermesh::repo::Repo;
 use oermesh::unixfs::importer::{self, Imported};
 use oermesh::unixfs::profile::Profile;
@@ -41,6 +41,8 @@ pub struct AddArgs {
     /// Chunker, as in `ipfs add --chunker`: size-N (bytes per chunk)
     #[arg(long, value_name = "size-N")]
     chunker: Option<String>,
+    #[command(flatten)]
+    record: super::publish::RecordArgs,
 }
 
 #[derive(Args)]
@@ -67,6 +69,9 @@ fn profile_for(args: &AddArgs, default_profile: &str) -> Result<Profile> {
 
 pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
     if args.only_hash {
+        if args.record.wants_record() {
+            bail!("--only-hash stores nothing, so it cannot sign a record");
+        }
         let profile = profile_for(&args, "unixfs-v1-2025")?;
         let sink = MemoryBlocks::discarding();
         let (root, entries) = import_with_progress(&args, &profile, &sink)?;
@@ -77,7 +82,28 @@ pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
     let profile = profile_for(&args, &repo.config().add.profile)?;
     let batch = repo.store().batch();
     let (root, entries) = import_with_progress(&args, &profile, &batch)?;
+    let pinned_before = !repo.store().pin_reasons(&root.cid)?.is_empty();
     batch.commit_and_pin(&[root.cid], "user")?;
+    if args.record.wants_record() {
+        let record = match super::publish::sign_for_content(&repo, root.cid, &args.record) {
+            Ok(record) => record,
+            Err(err) => {
+                // A refused record leaves the repository as it was: the content goes
+                // back to unpinned (gc may remove it) unless it was pinned before.
+                if !pinned_before {
+                    repo.store().unpin(&root.cid, Some("user"))?;
+                }
+                return Err(err.context(format!("{}: nothing was added", args.path.display())));
+            }
+        };
+        if args.quiet {
+            println!("{}\n{record}", root.cid);
+        } else {
+            print_added(false, &root, &entries);
+            println!("signed record {record}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     print_added(args.quiet, &root, &entries);
     Ok(ExitCode::SUCCESS)
 }
@@ -163,30 +189,38 @@ pub fn ls(repo: &Repo, path: &str) -> Result<ExitCode> {
 }
 
 pub fn export(repo: &Repo, args: ExportArgs) -> Result<ExitCode> {
+    if let [only] = args.cids.as_slice() {
+        if let Ok(id) = only.parse::<oermesh::records::CollectionId>() {
+            return write_car(&args.output, |out| Ok(oermesh::transfer::export_collection(repo, &id, out)?));
+        }
+    }
     let roots = args.cids.iter().map(|text| output::parse_cid(text)).collect::<Result<Vec<_>>>()?;
     for root in &roots {
         if !repo.store().has(root)? {
             bail!("cannot export {root}: it is not in the store");
         }
     }
-    let tmp = args.output.with_extension("car.partial");
+    write_car(&args.output, |out| Ok(car::export_dag(repo.store(), &roots, out)?))
+}
+
+/// Writes a CAR through a temp file, so a failed export leaves no partial file behind.
+fn write_car(
+    path: &Path,
+    export: impl FnOnce(&mut BufWriter<File>) -> Result<car::ExportSummary>,
+) -> Result<ExitCode> {
+    let tmp = path.with_extension("car.partial");
     let result = (|| -> Result<car::ExportSummary> {
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let summary = car::export_dag(repo.store(), &roots, &mut out)?;
+        let summary = export(&mut out)?;
         let file = out.into_inner().map_err(|err| err.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(summary)
     })();
     match result {
         Ok(summary) => {
-            println!(
-                "exported {} blocks ({}) to {}",
-                summary.blocks,
-                output::bytes(summary.bytes),
-                args.output.display()
-            );
+            println!("exported {} blocks ({}) to {}", summary.blocks, output::bytes(summary.bytes), path.display());
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -198,32 +232,22 @@ pub fn export(repo: &Repo, args: ExportArgs) -> Result<ExitCode> {
 
 pub fn import(repo: &Repo, path: &Path) -> Result<ExitCode> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = CarReader::new(io::BufReader::with_capacity(1 << 20, file))
-        .with_context(|| format!("{} is not a valid CAR file", path.display()))?;
-    let roots = reader.roots().to_vec();
-    let batch = repo.store().batch();
-    let mut count = 0u64;
-    while let Some(next) = reader.next_block() {
-        let (cid, data) = next.with_context(|| format!("{} is damaged; nothing was imported", path.display()))?;
-        batch.put_block(&cid, &data)?;
-        count += 1;
-    }
-    batch.commit()?;
-    let mut missing = Vec::new();
-    oermesh::links::walk_lenient(repo.store(), &roots, &mut |cid, _| missing.push(*cid))?;
-    if let Some(first) = missing.first() {
-        bail!(
-            "{} does not hold the complete DAG of its roots ({} blocks missing, first {first}); roots not pinned",
-            path.display(),
-            missing.len()
-        );
-    }
-    for root in &roots {
-        repo.store().pin(root, "import")?;
-    }
-    for root in &roots {
+    let report = oermesh::transfer::import_car(repo, io::BufReader::with_capacity(1 << 20, file))
+        .with_context(|| format!("{}: nothing was imported", path.display()))?;
+    for root in &report.pinned {
         println!("imported {root}");
     }
-    println!("{count} blocks verified and stored");
+    for (id, seq, trusted) in &report.collections {
+        let note = if *trusted {
+            String::new()
+        } else {
+            format!(" (publisher not trusted: `oermesh trust add {}` to trust it)", id.publisher_did())
+        };
+        println!("collection {id} version {seq}{note}");
+    }
+    if report.records > 0 || report.retractions > 0 {
+        println!("{} records and {} retractions verified", report.records, report.retractions);
+    }
+    println!("{} blocks ({}) verified and stored", report.blocks, output::bytes(report.bytes));
     Ok(ExitCode::SUCCESS)
 }

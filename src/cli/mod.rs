@@ -9,6 +9,7 @@ use oermesh::repo::Repo;
 
 mod files;
 mod output;
+mod publish;
 
 /// A peer-to-peer, content-addressed node for Open Educational Resources.
 #[derive(Parser)]
@@ -27,7 +28,7 @@ enum Command {
     /// Create a repository (config, node key, database)
     Init,
     /// Add a file, or a folder with -r, and pin it; prints CIDs
-    Add(files::AddArgs),
+    Add(Box<files::AddArgs>),
     /// Write a file's bytes to standard output
     Cat {
         /// CID, optionally followed by /sub/path
@@ -62,6 +63,23 @@ enum Command {
         /// The .car file
         file: PathBuf,
     },
+    /// Publisher keys: gen, list, export, import
+    #[command(subcommand)]
+    Key(publish::KeyCommand),
+    /// Signed licence and provenance records: show, verify, retract
+    #[command(subcommand)]
+    Record(publish::RecordCommand),
+    /// Walk a record's is-based-on chain and print it as a tree
+    Provenance {
+        /// Record CID
+        cid: String,
+    },
+    /// Versioned, signed collections of records
+    #[command(subcommand)]
+    Collection(publish::CollectionCommand),
+    /// Publishers whose records and collections this node trusts
+    #[command(subcommand)]
+    Trust(publish::TrustCommand),
 }
 
 #[derive(Subcommand)]
@@ -105,16 +123,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("initialized oermesh repository at {}", repo.root().display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Add(args) => files::add(&repo_path, args),
+        Command::Add(args) => files::add(&repo_path, *args),
         Command::Cat { path } => files::cat(&Repo::open(&repo_path)?, &path),
         Command::Get { path, output } => files::get(&Repo::open(&repo_path)?, &path, output),
         Command::Ls { path } => files::ls(&Repo::open(&repo_path)?, &path),
         Command::Export(args) => files::export(&Repo::open(&repo_path)?, args),
         Command::Import { file } => files::import(&Repo::open(&repo_path)?, &file),
         Command::Pin(command) => pin(&Repo::open(&repo_path)?, command),
+        Command::Key(command) => publish::key(&repo_path, command),
+        Command::Record(command) => publish::record(&repo_path, command),
+        Command::Provenance { cid } => publish::provenance(&repo_path, &cid),
+        Command::Collection(command) => publish::collection(&repo_path, command),
+        Command::Trust(command) => publish::trust(&repo_path, command),
         Command::Gc => {
             let repo = Repo::open(&repo_path)?;
-            let report = repo.store().gc()?;
+            let report = repo.gc()?;
             println!(
                 "removed {} blocks and {} orphan files, freed {}",
                 report.blocks_removed,
@@ -135,7 +158,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify => {
             let repo = Repo::open(&repo_path)?;
-            let report = repo.store().verify()?;
+            let report = repo.verify()?;
             for damage in &report.damage {
                 println!("{damage}");
             }

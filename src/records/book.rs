@@ -186,6 +186,13 @@ impl CollectionBlocks {
     }
 }
 
+/// Blocks the record layer needs kept, and blocks it lets go (see [`RecordBook::gc_roots`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcRoots {
+    pub keep: Vec<Cid>,
+    pub retracted: Vec<Cid>,
+}
+
 /// The record layer's local state over a sled database and a block store.
 pub struct RecordBook<B> {
     db: sled::Db,
@@ -643,6 +650,53 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 conflicting: cid,
             }))),
         }
+    }
+
+    /// What the record layer keeps alive in the block store, for `gc`: every accepted
+    /// record that is not retracted, retractions, newest heads (older heads hang off them),
+    /// equivocation evidence, and this node's draft entry lists. `retracted` names the
+    /// retracted records and the content only they pointed at: gc may remove those even
+    /// where an older collection version still links to them.
+    pub fn gc_roots(&self) -> Result<GcRoots> {
+        let mut roots = GcRoots::default();
+        let mut live_content = std::collections::HashSet::new();
+        let mut retracted_content = Vec::new();
+        for item in self.summaries.iter() {
+            let (key, value) = item?;
+            let record = cid_from_bytes(&key)?;
+            let summary: RecordSummary = from_cbor(&value)?;
+            if summary.retracted {
+                roots.retracted.push(record);
+                retracted_content.push(summary.content);
+            } else {
+                roots.keep.push(record);
+                live_content.insert(summary.content);
+            }
+        }
+        roots.retracted.extend(retracted_content.into_iter().filter(|content| !live_content.contains(content)));
+        for item in self.retractions.iter() {
+            roots.keep.push(cid_from_bytes(&item?.1)?);
+        }
+        for item in self.heads.iter() {
+            roots.keep.push(decode_newest(&item?.1)?.1);
+        }
+        for item in self.equivocations.iter() {
+            let (key, value) = item?;
+            roots.keep.push(cid_from_bytes(&value)?);
+            // Key: collection id, 0, seq (8 bytes), conflicting head CID.
+            let conflicting = key
+                .iter()
+                .position(|byte| *byte == 0)
+                .and_then(|end| key.get(end + 9..))
+                .ok_or_else(|| damaged("equivocation key"))?;
+            roots.keep.push(cid_from_bytes(conflicting)?);
+        }
+        for item in self.drafts.iter() {
+            let state: DraftState = from_cbor(&item?.1)?;
+            roots.keep.push(state.entries);
+            roots.keep.extend(state.published_head);
+        }
+        Ok(roots)
     }
 
     /// Equivocations seen for a collection, oldest seq first.

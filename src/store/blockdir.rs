@@ -47,6 +47,16 @@ impl BlockDir {
     /// Writes `data` as the block file for `hash`, replacing whatever is there: a file
     /// left without an index entry may be torn, so it is never trusted.
     pub(crate) fn write(&self, hash: &Multihash<64>, data: &[u8]) -> io::Result<()> {
+        self.write_file(hash, data, false)
+    }
+
+    /// Like [`BlockDir::write`], but the file and its name are on disk when this returns:
+    /// for single blocks written outside a batch.
+    pub(crate) fn write_durable(&self, hash: &Multihash<64>, data: &[u8]) -> io::Result<()> {
+        self.write_file(hash, data, true)
+    }
+
+    fn write_file(&self, hash: &Multihash<64>, data: &[u8], durable: bool) -> io::Result<()> {
         let final_path = self.path_of(hash);
         let tmp_path = self
             .tmp
@@ -54,11 +64,17 @@ impl BlockDir {
         let result = (|| {
             let mut file = File::create(&tmp_path)?;
             file.write_all(data)?;
-            drop(file);
-            if let Some(parent) = final_path.parent() {
-                fs::create_dir_all(parent)?;
+            if durable {
+                file.sync_data()?;
             }
-            fs::rename(&tmp_path, &final_path)
+            drop(file);
+            let parent = final_path.parent().unwrap_or(&self.blocks);
+            fs::create_dir_all(parent)?;
+            fs::rename(&tmp_path, &final_path)?;
+            if durable {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);

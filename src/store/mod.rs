@@ -223,11 +223,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes every block not reachable from a pin, and block files nothing indexes.
-    pub fn gc(&self) -> Result<GcReport, StoreError> {
+    /// Removes every block not reachable from a pin or from `extra_roots`, and block
+    /// files nothing indexes. Blocks in `let_go` are neither kept nor followed unless a
+    /// pin names them: the layer above uses it for retracted records.
+    pub fn gc(&self, extra_roots: &[Cid], let_go: &[Cid]) -> Result<GcReport, StoreError> {
         let _exclusive = self.inner.gc_lock.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let roots: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
-        let live = self.mark_live(&roots)?;
+        let pinned: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
+        let skipped: Vec<Cid> = let_go.iter().filter(|cid| !pinned.contains(cid)).copied().collect();
+        let mut roots = pinned;
+        roots.extend(extra_roots.iter().filter(|cid| !skipped.contains(cid)));
+        let live = self.mark_live(&roots, &skipped)?;
 
         let mut report = GcReport::default();
         for item in self.inner.index.iter() {
@@ -264,8 +269,9 @@ impl Store {
         Ok(report)
     }
 
-    /// Re-hashes every stored block and checks that every pinned DAG is complete.
-    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+    /// Re-hashes every stored block and checks that every DAG reachable from a pin or
+    /// from `extra_roots` is complete.
+    pub fn verify(&self, extra_roots: &[Cid]) -> Result<VerifyReport, StoreError> {
         let entries: Vec<(sled::IVec, sled::IVec)> = self.inner.index.iter().collect::<Result<_, _>>()?;
         let results: Vec<Result<Option<Damage>, StoreError>> = entries
             .par_iter()
@@ -307,7 +313,8 @@ impl Store {
             }
         }
 
-        let roots: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
+        let mut roots: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
+        roots.extend_from_slice(extra_roots);
         let mut missing = Vec::new();
         crate::links::walk_lenient(self, &roots, &mut |cid, problem| match problem {
             crate::links::WalkProblem::Missing => missing.push(Damage::MissingBlock(*cid)),
@@ -350,9 +357,9 @@ impl Store {
     /// links, so they are only looked up, not read: marking costs the size of the
     /// DAG's inner nodes, not of its data. A missing or damaged inner node stops gc,
     /// since deleting around a hole could remove what the hole links to.
-    fn mark_live(&self, roots: &[Cid]) -> Result<HashSet<Vec<u8>>, StoreError> {
+    fn mark_live(&self, roots: &[Cid], skipped: &[Cid]) -> Result<HashSet<Vec<u8>>, StoreError> {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
-        let mut visited: HashSet<Cid> = HashSet::new();
+        let mut visited: HashSet<Cid> = skipped.iter().copied().collect();
         let mut stack: Vec<Cid> = roots.to_vec();
         let stopped = |err: &dyn std::fmt::Display| {
             StoreError::Block(BlockError::Backend(format!(
@@ -416,6 +423,45 @@ impl Store {
 impl BlockGet for Store {
     fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
         self.read_verified(cid)
+    }
+}
+
+/// Single blocks written outside a batch (records, collection heads): each is verified,
+/// and a large one is synced before its index entry is written. Inline blocks become
+/// durable at the next [`Store::flush`].
+impl BlockPut for Store {
+    fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+        let _gc_guard = self.inner.gc_lock.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cid.hash().code() == hash_code::IDENTITY {
+            return block::verify(cid, data);
+        }
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(BlockError::TooLarge { cid: *cid, size: data.len(), limit: MAX_BLOCK_SIZE });
+        }
+        block::verify(cid, data)?;
+        let inner = &self.inner;
+        let db_error = |err: sled::Error| BlockError::Backend(format!("database error: {err}"));
+        let key = cid.hash().to_bytes();
+        if inner.index.contains_key(&key).map_err(db_error)? {
+            return Ok(());
+        }
+        let mut value = Vec::with_capacity(9 + data.len().min(INLINE_LIMIT + 1));
+        if data.len() <= INLINE_LIMIT {
+            value.push(TAG_INLINE);
+            value.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            value.extend_from_slice(data);
+        } else {
+            inner.dir.write_durable(cid.hash(), data).map_err(|err| {
+                BlockError::Backend(format!(
+                    "cannot write block file {}: {err}",
+                    inner.dir.path_of(cid.hash()).display()
+                ))
+            })?;
+            value.push(TAG_FILE);
+            value.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        }
+        inner.index.insert(key, value).map_err(db_error)?;
+        Ok(())
     }
 }
 

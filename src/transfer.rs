@@ -1,0 +1,262 @@
+//! Moving content and collections in and out of a repository as CAR files: the USB
+//! stick path between schools.
+//!
+//! Import is all or nothing for what becomes visible: every block is verified against
+//! its CID, every record, head and retraction against its signature, and the head
+//! rules are checked, before any record is indexed, any head accepted or any root pinned.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+
+use cid::Cid;
+
+use crate::block::{codec, BlockError, BlockGet, BlockPut};
+use crate::car::{CarError, CarReader, CarWriter, ExportSummary};
+use crate::links;
+use crate::records::book::kind_of;
+use crate::records::{CollectionId, Head, Kind, Record, RecordError, Retraction};
+use crate::repo::{Repo, RepoError};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Car(#[from] CarError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Links(Box<links::LinkError>),
+    #[error("block {cid} in the CAR is not a valid {kind}: {source}")]
+    Invalid { cid: String, kind: Kind, source: Box<RecordError> },
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    #[error("the CAR holds version {offered} of {collection}, older than version {known} already here")]
+    OlderVersion { collection: String, offered: u64, known: u64 },
+    #[error("the CAR does not hold the complete DAG of {root} ({missing} blocks missing, first {first})")]
+    Incomplete { root: String, missing: usize, first: String },
+    #[error("no published version of {0} is known here")]
+    UnknownCollection(String),
+}
+
+/// What an import brought in.
+impl From<links::LinkError> for TransferError {
+    fn from(err: links::LinkError) -> Self {
+        TransferError::Links(Box::new(err))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ImportReport {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Roots pinned (content roots of plain CARs).
+    pub pinned: Vec<Cid>,
+    pub records: usize,
+    pub retractions: usize,
+    /// Collections whose version was accepted: (id, seq, trusted publisher).
+    pub collections: Vec<(CollectionId, u64, bool)>,
+}
+
+/// The signed objects found among a CAR's blocks, already verified.
+#[derive(Default)]
+struct Signed {
+    records: Vec<(Cid, Vec<u8>, Record)>,
+    retractions: Vec<(Cid, Vec<u8>, Retraction)>,
+    heads: Vec<(Cid, Vec<u8>, Head)>,
+}
+
+/// Imports a CAR: plain DAGs (roots pinned) or a collection (head, entries, records,
+/// retractions, content).
+pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, TransferError> {
+    let mut reader = CarReader::new(input)?;
+    let roots = reader.roots().to_vec();
+    let store = repo.store();
+    let mut report = ImportReport::default();
+    // Signed objects are small (records are capped at 64 KiB); keep them to check
+    // signatures once the whole CAR has verified.
+    let mut signed_blocks = Vec::new();
+    let batch = store.batch();
+    while let Some(next) = reader.next_block() {
+        let (cid, data) = next?;
+        batch.put_block(&cid, &data)?;
+        report.blocks += 1;
+        report.bytes += data.len() as u64;
+        if cid.codec() == codec::DAG_CBOR {
+            if let Some(kind @ (Kind::Record | Kind::Head | Kind::Retraction)) = kind_of(&data) {
+                signed_blocks.push((cid, kind, data));
+            }
+        }
+    }
+    let signed = verify_signed(signed_blocks)?;
+    batch.commit()?;
+
+    let book = repo.records()?;
+    let newest_heads = newest_per_collection(&signed.heads)?;
+    for (id, (cid, bytes, head)) in newest_heads.values() {
+        if let Some((known, known_cid)) = book.newest_head(id)? {
+            if head.seq < known {
+                return Err(TransferError::OlderVersion { collection: id.to_string(), offered: head.seq, known });
+            }
+            if head.seq == known && known_cid != *cid {
+                // Records the equivocation as evidence and reports it.
+                book.accept_head(bytes)?;
+            }
+        }
+    }
+
+    let retracted: HashSet<Cid> = signed.retractions.iter().map(|(_, _, r)| r.record).collect();
+    let is_retracted = |cid: &Cid| retracted.contains(cid) || book.is_retracted(cid).unwrap_or(false);
+    let signed_roots: HashSet<Cid> =
+        signed.heads.iter().map(|h| h.0).chain(signed.retractions.iter().map(|r| r.0)).collect();
+    let mut check_roots: Vec<Cid> = roots.iter().filter(|root| !signed_roots.contains(root)).copied().collect();
+    check_roots.extend(newest_heads.values().map(|(_, (_, _, head))| head.entries));
+    for root in &check_roots {
+        let mut missing = Vec::new();
+        links::walk_lenient(store, std::slice::from_ref(root), &mut |cid, _| {
+            if !is_retracted(cid) {
+                missing.push(*cid);
+            }
+        })?;
+        if let Some(first) = missing.first() {
+            return Err(TransferError::Incomplete {
+                root: root.to_string(),
+                missing: missing.len(),
+                first: first.to_string(),
+            });
+        }
+    }
+
+    for (_, bytes, _) in &signed.records {
+        book.accept_record(bytes)?;
+        report.records += 1;
+    }
+    for (_, bytes, _) in &signed.retractions {
+        book.accept_retraction(bytes)?;
+        report.retractions += 1;
+    }
+    for (id, (_, bytes, _)) in newest_heads.into_values() {
+        let accepted = book.accept_head(&bytes)?;
+        report.collections.push((id, accepted.seq, accepted.trusted));
+    }
+    for root in roots.iter().filter(|root| !signed_roots.contains(root)) {
+        if !signed.records.iter().any(|(cid, _, _)| cid == root) {
+            store.pin(root, "import")?;
+            report.pinned.push(*root);
+        }
+    }
+    store.flush()?;
+    Ok(report)
+}
+
+fn verify_signed(blocks: Vec<(Cid, Kind, Vec<u8>)>) -> Result<Signed, TransferError> {
+    let mut signed = Signed::default();
+    for (cid, kind, bytes) in blocks {
+        let invalid = |source| TransferError::Invalid { cid: cid.to_string(), kind, source: Box::new(source) };
+        match kind {
+            Kind::Record => {
+                let record = Record::decode_and_verify(&bytes).map_err(invalid)?;
+                signed.records.push((cid, bytes, record));
+            }
+            Kind::Retraction => {
+                let retraction = Retraction::decode_and_verify(&bytes).map_err(invalid)?;
+                signed.retractions.push((cid, bytes, retraction));
+            }
+            Kind::Head => {
+                let head = Head::decode_and_verify(&bytes).map_err(invalid)?;
+                signed.heads.push((cid, bytes, head));
+            }
+            Kind::EntryRoot | Kind::EntryChunk => {}
+        }
+    }
+    // A retraction only counts when the record's own publisher signed it.
+    for (cid, _, retraction) in &signed.retractions {
+        if let Some((_, _, record)) = signed.records.iter().find(|(c, _, _)| *c == retraction.record) {
+            if record.publisher != retraction.publisher {
+                return Err(TransferError::Invalid {
+                    cid: cid.to_string(),
+                    kind: Kind::Retraction,
+                    source: Box::new(RecordError::RetractionByOtherKey(Box::new(
+                        crate::records::error::ForeignRetraction {
+                            record: retraction.record,
+                            publisher: record.publisher.clone(),
+                            retractor: retraction.publisher.clone(),
+                        },
+                    ))),
+                });
+            }
+        }
+    }
+    Ok(signed)
+}
+
+type HeadEntry = (Cid, Vec<u8>, Head);
+
+/// The newest head of each collection in the CAR; older ones travel as history.
+fn newest_per_collection(heads: &[HeadEntry]) -> Result<BTreeMap<String, (CollectionId, HeadEntry)>, TransferError> {
+    let mut newest: HashMap<String, (CollectionId, HeadEntry)> = HashMap::new();
+    for entry in heads {
+        let id = entry.2.collection_id()?;
+        let key = id.to_string();
+        let replace = newest.get(&key).is_none_or(|(_, current)| entry.2.seq > current.2.seq);
+        if replace {
+            newest.insert(key, (id, entry.clone()));
+        }
+    }
+    Ok(newest.into_iter().collect())
+}
+
+/// Writes the newest version of a collection into a CAR: its head, the heads before it
+/// (history, without their old entry lists), the entry list, every record that is not
+/// retracted with its content, and the retractions, so the receiving node learns them.
+pub fn export_collection<W: Write>(repo: &Repo, id: &CollectionId, out: W) -> Result<ExportSummary, TransferError> {
+    let book = repo.records()?;
+    let store = repo.store();
+    let (_, head_cid) = book.newest_head(id)?.ok_or_else(|| TransferError::UnknownCollection(id.to_string()))?;
+    let head = Head::decode_and_verify(&store.get_block(&head_cid)?)?;
+    let entries = crate::records::entries::read_all(store, &head.entries)?;
+    let mut retractions = Vec::new();
+    let mut skip = HashSet::new();
+    for entry in &entries {
+        if let Some(retraction) = book.retraction_of(&entry.record)? {
+            retractions.push(retraction);
+            skip.insert(entry.record);
+        }
+    }
+    let mut roots = vec![head_cid];
+    roots.extend(&retractions);
+    let mut writer = CarWriter::new(out, &roots)?;
+    let mut summary = ExportSummary { blocks: 0, bytes: 0 };
+    let mut write = |writer: &mut CarWriter<W>, cid: &Cid, data: &[u8]| -> Result<(), TransferError> {
+        writer.write_block(cid, data)?;
+        summary.blocks += 1;
+        summary.bytes += data.len() as u64;
+        Ok(())
+    };
+    let mut visited: HashSet<Cid> = skip;
+    let mut stack = vec![head_cid];
+    while let Some(cid) = stack.pop() {
+        if !visited.insert(cid) {
+            continue;
+        }
+        let data = links::get_verified(store, &cid)?;
+        write(&mut writer, &cid, &data)?;
+        let children = if cid != head_cid && cid.codec() == codec::DAG_CBOR && kind_of(&data) == Some(Kind::Head) {
+            Head::decode_and_verify(&data)?.previous.into_iter().collect()
+        } else {
+            links::links(&cid, &data)?
+        };
+        stack.extend(children.into_iter().rev().filter(|child| !visited.contains(child)));
+    }
+    for retraction in &retractions {
+        if visited.insert(*retraction) {
+            let data = store.get_block(retraction)?;
+            write(&mut writer, retraction, &data)?;
+        }
+    }
+    writer.finish()?;
+    Ok(summary)
+}
