@@ -109,13 +109,14 @@ pub enum WalkProblem {
 }
 
 /// Like [`walk_dag`] but reports missing, corrupt and undecodable blocks and goes on;
-/// only a failure of the store itself stops it.
+/// only a failure of the store itself stops it. Blocks in `skip` are not visited.
 pub fn walk_lenient<B: BlockGet + ?Sized>(
     store: &B,
     roots: &[Cid],
+    skip: &[Cid],
     report: &mut dyn FnMut(&Cid, WalkProblem),
 ) -> Result<(), BlockError> {
-    let mut seen: HashSet<Cid> = HashSet::new();
+    let mut seen: HashSet<Cid> = skip.iter().copied().collect();
     let mut stack: Vec<Cid> = roots.iter().rev().copied().collect();
     while let Some(cid) = stack.pop() {
         if !seen.insert(cid) {

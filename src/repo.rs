@@ -138,7 +138,7 @@ impl Repo {
     /// Verifies every block, and that every pinned or record-layer DAG is complete.
     pub fn verify(&self) -> Result<VerifyReport, RepoError> {
         let roots = self.records()?.gc_roots()?;
-        Ok(self.store.verify(&roots.keep)?)
+        Ok(self.store.verify(&roots.keep, &roots.retracted)?)
     }
 
     /// Replaces the trusted publishers, in memory and in config.toml.

@@ -108,7 +108,15 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
         }
     }
 
-    let retracted: HashSet<Cid> = signed.retractions.iter().map(|(_, _, r)| r.record).collect();
+    // Blocks a retraction lets go of may be absent: the retracted records' content.
+    let mut retracted: HashSet<Cid> = signed.retractions.iter().map(|(_, _, r)| r.record).collect();
+    let retracted_content: Vec<Cid> = signed
+        .records
+        .iter()
+        .filter(|(cid, _, _)| retracted.contains(cid))
+        .map(|(_, _, record)| record.content)
+        .collect();
+    retracted.extend(retracted_content);
     let is_retracted = |cid: &Cid| retracted.contains(cid) || book.is_retracted(cid).unwrap_or(false);
     let signed_roots: HashSet<Cid> =
         signed.heads.iter().map(|h| h.0).chain(signed.retractions.iter().map(|r| r.0)).collect();
@@ -116,7 +124,7 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
     check_roots.extend(newest_heads.values().map(|(_, (_, _, head))| head.entries));
     for root in &check_roots {
         let mut missing = Vec::new();
-        links::walk_lenient(store, std::slice::from_ref(root), &mut |cid, _| {
+        links::walk_lenient(store, std::slice::from_ref(root), &[], &mut |cid, _| {
             if !is_retracted(cid) {
                 missing.push(*cid);
             }
@@ -226,6 +234,7 @@ pub fn export_collection<W: Write>(repo: &Repo, id: &CollectionId, out: W) -> Re
             skip.insert(entry.record);
         }
     }
+    let skip_records: Vec<Cid> = skip.iter().copied().collect();
     let mut roots = vec![head_cid];
     roots.extend(&retractions);
     let mut writer = CarWriter::new(out, &roots)?;
@@ -250,6 +259,12 @@ pub fn export_collection<W: Write>(repo: &Repo, id: &CollectionId, out: W) -> Re
             links::links(&cid, &data)?
         };
         stack.extend(children.into_iter().rev().filter(|child| !visited.contains(child)));
+    }
+    // Retracted records travel without their content, so that the receiving node can
+    // check that each retraction was signed by the record's own publisher.
+    for retracted_record in &skip_records {
+        let data = store.get_block(retracted_record)?;
+        write(&mut writer, retracted_record, &data)?;
     }
     for retraction in &retractions {
         if visited.insert(*retraction) {

@@ -653,10 +653,10 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     }
 
     /// What the record layer keeps alive in the block store, for `gc`: every accepted
-    /// record that is not retracted, retractions, newest heads (older heads hang off them),
-    /// equivocation evidence, and this node's draft entry lists. `retracted` names the
-    /// retracted records and the content only they pointed at: gc may remove those even
-    /// where an older collection version still links to them.
+    /// record, retractions, newest heads (older heads hang off them), equivocation
+    /// evidence, and this node's draft entry lists. `retracted` names content that only
+    /// retracted records point at: gc may remove it even where a record or a collection
+    /// version still links to it.
     pub fn gc_roots(&self) -> Result<GcRoots> {
         let mut roots = GcRoots::default();
         let mut live_content = std::collections::HashSet::new();
@@ -665,11 +665,12 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             let (key, value) = item?;
             let record = cid_from_bytes(&key)?;
             let summary: RecordSummary = from_cbor(&value)?;
+            // A retracted record stays (it is small, and it is how the retraction is
+            // checked on every node it travels to); its content may go.
+            roots.keep.push(record);
             if summary.retracted {
-                roots.retracted.push(record);
                 retracted_content.push(summary.content);
             } else {
-                roots.keep.push(record);
                 live_content.insert(summary.content);
             }
         }

@@ -271,7 +271,7 @@ impl Store {
 
     /// Re-hashes every stored block and checks that every DAG reachable from a pin or
     /// from `extra_roots` is complete.
-    pub fn verify(&self, extra_roots: &[Cid]) -> Result<VerifyReport, StoreError> {
+    pub fn verify(&self, extra_roots: &[Cid], let_go: &[Cid]) -> Result<VerifyReport, StoreError> {
         let entries: Vec<(sled::IVec, sled::IVec)> = self.inner.index.iter().collect::<Result<_, _>>()?;
         let results: Vec<Result<Option<Damage>, StoreError>> = entries
             .par_iter()
@@ -316,7 +316,7 @@ impl Store {
         let mut roots: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
         roots.extend_from_slice(extra_roots);
         let mut missing = Vec::new();
-        crate::links::walk_lenient(self, &roots, &mut |cid, problem| match problem {
+        crate::links::walk_lenient(self, &roots, let_go, &mut |cid, problem| match problem {
             crate::links::WalkProblem::Missing => missing.push(Damage::MissingBlock(*cid)),
             crate::links::WalkProblem::Undecodable(why) => missing.push(Damage::Undecodable(*cid, why)),
         })?;

@@ -3,6 +3,7 @@
 mod car;
 mod cli;
 mod gen;
+mod publishing;
 mod records;
 mod store;
 mod unixfs_import;

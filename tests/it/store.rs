@@ -88,7 +88,7 @@ fn corrupt_and_missing_block_data_is_caught_on_read_and_by_verify() {
     batch.put_block(&flipped_cid, &flipped).unwrap();
     batch.put_block(&vanished_cid, &vanished).unwrap();
     batch.commit().unwrap();
-    assert!(store.verify(&[]).unwrap().damage.is_empty());
+    assert!(store.verify(&[], &[]).unwrap().damage.is_empty());
 
     let path = block_file_of(dir.path(), &flipped_cid);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -98,7 +98,7 @@ fn corrupt_and_missing_block_data_is_caught_on_read_and_by_verify() {
 
     assert!(matches!(store.get_block(&flipped_cid), Err(BlockError::Corrupt(_))));
     assert!(store.get_block(&vanished_cid).is_err());
-    let report = store.verify(&[]).unwrap();
+    let report = store.verify(&[], &[]).unwrap();
     assert_eq!(report.blocks_checked, 2);
     assert!(report.damage.contains(&Damage::Corrupt(flipped_cid.to_string())), "{:?}", report.damage);
     assert!(report.damage.contains(&Damage::MissingData(vanished_cid.to_string())), "{:?}", report.damage);
@@ -113,7 +113,7 @@ fn verify_names_blocks_missing_from_a_pinned_dag() {
     let batch = store.batch();
     batch.put_block(&root, &bytes).unwrap();
     batch.commit_and_pin(&[root], "user").unwrap();
-    let report = store.verify(&[]).unwrap();
+    let report = store.verify(&[], &[]).unwrap();
     assert_eq!(report.damage, vec![Damage::MissingBlock(absent)]);
     // gc refuses to work around a hole rather than guess.
     assert!(store.gc(&[], &[]).is_err());
