@@ -47,7 +47,7 @@ pub enum ConfigError {
     Parse { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub store: StoreSection,
@@ -81,17 +81,6 @@ pub struct DaemonSection {
     pub listen: Vec<String>,
     pub mdns: bool,
     pub static_peers: Vec<String>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            store: StoreSection::default(),
-            add: AddSection::default(),
-            trust: TrustSection::default(),
-            daemon: DaemonSection::default(),
-        }
-    }
 }
 
 impl Default for StoreSection {
