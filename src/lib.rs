@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod config;
+pub mod daemon;
 pub mod keys;
 pub mod links;
 pub mod repo;

@@ -1,2 +1,3 @@
+mod daemon;
 mod gen;
 mod store;
