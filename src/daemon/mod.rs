@@ -80,14 +80,15 @@ impl DaemonOptions {
     }
 }
 
-/// A running node. Dropping it without [`Daemon::shutdown`] stops the tasks
-/// abruptly; shut down to let them finish and to flush the store.
+/// A running node. Dropping it tells the tasks to stop without waiting for them;
+/// [`Daemon::shutdown`] also waits, flushes the store and releases the repository.
 pub struct Daemon {
     repo: Repo,
     peer_id: PeerId,
     http_addr: SocketAddr,
     listen_addrs: Vec<Multiaddr>,
     client: Client,
+    page_state: Arc<http::PageState>,
     shutdown: watch::Sender<bool>,
     net_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
@@ -110,13 +111,14 @@ impl Daemon {
         let (shutdown, shutdown_signal) = watch::channel(false);
         let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
         let page_state = Arc::new(http::PageState::new(peer_id, repo.store().clone(), client.clone()));
-        let http_task = tokio::spawn(http::serve(http_listener, page_state, shutdown_signal));
+        let http_task = tokio::spawn(http::serve(http_listener, page_state.clone(), shutdown_signal));
         Ok(Daemon {
             repo,
             peer_id,
             http_addr,
             listen_addrs,
             client,
+            page_state,
             shutdown,
             net_task: Some(net_task),
             http_task: Some(http_task),
@@ -217,6 +219,13 @@ impl Daemon {
                     let _ = http_task.await;
                 }
             }
+        }
+        // axum reports its connections closed just before their tasks drop the
+        // router, and the router holds a store handle: wait for those last handles,
+        // so that the store is released when shutdown returns.
+        let deadline = tokio::time::Instant::now() + HTTP_DRAIN_TIMEOUT;
+        while Arc::strong_count(&self.page_state) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if let Some(net_task) = self.net_task.take() {
             if let Err(err) = net_task.await {
