@@ -3,6 +3,7 @@
 pub mod block;
 pub mod car;
 pub mod config;
+pub mod daemon;
 pub mod keys;
 pub mod links;
 pub mod records;

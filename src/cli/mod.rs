@@ -80,6 +80,25 @@ enum Command {
     /// Publishers whose records and collections this node trusts
     #[command(subcommand)]
     Trust(publish::TrustCommand),
+    /// Run the node: peer connections and the web page, until Ctrl-C or SIGTERM.
+    /// Creates the repository if there is none.
+    Daemon(DaemonArgs),
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Address of the web page [default: daemon.http_listen in config.toml]
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Address to accept peer connections on; repeat for several [default: daemon.listen]
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<libp2p::Multiaddr>,
+    /// Do not look for peers by multicast DNS
+    #[arg(long)]
+    no_mdns: bool,
+    /// Peer to connect to and keep connected; repeat for several [default: daemon.static_peers]
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    peers: Vec<libp2p::Multiaddr>,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +148,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Ls { path } => files::ls(&Repo::open(&repo_path)?, &path),
         Command::Export(args) => files::export(&Repo::open(&repo_path)?, args),
         Command::Import { file } => files::import(&Repo::open(&repo_path)?, &file),
+        Command::Daemon(args) => daemon(&repo_path, args),
         Command::Pin(command) => pin(&Repo::open(&repo_path)?, command),
         Command::Key(command) => publish::key(&repo_path, command),
         Command::Record(command) => publish::record(&repo_path, command),
@@ -171,6 +191,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(if report.damage.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+fn daemon(repo_path: &std::path::Path, args: DaemonArgs) -> Result<ExitCode> {
+    let (repo, created) = Repo::open_or_init(repo_path)?;
+    if created {
+        println!("initialized oermesh repository at {}", repo.root().display());
+    }
+    let options = oermesh::daemon::DaemonOptions {
+        http_listen: args.http,
+        listen: (!args.listen.is_empty()).then_some(args.listen),
+        mdns: args.no_mdns.then_some(false),
+        static_peers: (!args.peers.is_empty()).then_some(args.peers),
+    };
+    tokio::runtime::Runtime::new()?.block_on(oermesh::daemon::run(repo, options))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn pin(repo: &Repo, command: PinCommand) -> Result<ExitCode> {

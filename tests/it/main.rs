@@ -2,6 +2,7 @@
 
 mod car;
 mod cli;
+mod daemon;
 mod gen;
 mod publishing;
 mod records;

@@ -1,0 +1,304 @@
+//! `oermesh daemon`: the node's long-running job.
+//!
+//! Two tasks share the repository's store: the network event loop ([`net`]) and the
+//! web server ([`http`]). [`Daemon`] starts both, reports where they listen, and
+//! stops them together; [`run`] adds the start-up line and signal handling.
+
+pub mod http;
+pub mod net;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::DaemonSection;
+use crate::repo::Repo;
+use crate::store::StoreError;
+use net::{Client, NetConfig, NetError};
+
+/// How long shutdown lets browsers finish their requests before cutting them off.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("config key daemon.{key}: `{value}` is not a valid {expected}")]
+    Config { key: &'static str, value: String, expected: &'static str },
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cannot serve the web page on {addr}: {source}")]
+    Http { addr: String, source: std::io::Error },
+    #[error("cannot flush the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signal(std::io::Error),
+    #[error("the {0} task stopped unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+/// Settings given on the command line; each one that is set replaces the value
+/// from the `[daemon]` section of config.toml.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    pub http_listen: Option<String>,
+    pub listen: Option<Vec<Multiaddr>>,
+    pub mdns: Option<bool>,
+    pub static_peers: Option<Vec<Multiaddr>>,
+}
+
+struct Settings {
+    http_listen: String,
+    net: NetConfig,
+}
+
+impl DaemonOptions {
+    fn resolve(self, config: &DaemonSection) -> Result<Settings, DaemonError> {
+        let parse_all = |key: &'static str, values: &[String]| -> Result<Vec<Multiaddr>, DaemonError> {
+            values
+                .iter()
+                .map(|value| {
+                    value.parse().map_err(|_| DaemonError::Config { key, value: value.clone(), expected: "multiaddr" })
+                })
+                .collect()
+        };
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => parse_all("listen", &config.listen)?,
+        };
+        let static_peers = match self.static_peers {
+            Some(peers) => peers,
+            None => parse_all("static_peers", &config.static_peers)?,
+        };
+        Ok(Settings {
+            http_listen: self.http_listen.unwrap_or_else(|| config.http_listen.clone()),
+            net: NetConfig { listen, mdns: self.mdns.unwrap_or(config.mdns), static_peers },
+        })
+    }
+}
+
+/// A running node. Dropping it tells the tasks to stop without waiting for them;
+/// [`Daemon::shutdown`] also waits, flushes the store and releases the repository.
+pub struct Daemon {
+    repo: Repo,
+    peer_id: PeerId,
+    http_addr: SocketAddr,
+    listen_addrs: Vec<Multiaddr>,
+    client: Client,
+    page_state: Arc<http::PageState>,
+    shutdown: watch::Sender<bool>,
+    net_task: Option<JoinHandle<()>>,
+    http_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Daemon {
+    /// Starts the network and the web server and returns once both are listening.
+    pub async fn start(repo: Repo, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let settings = options.resolve(&repo.config().daemon)?;
+        let keypair = net::read_node_key(&repo.node_key_path())?;
+        let peer_id = keypair.public().to_peer_id();
+        let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
+            .await
+            .map_err(|source| DaemonError::Http { addr: settings.http_listen.clone(), source })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| DaemonError::Http { addr: settings.http_listen.clone(), source })?;
+        let (client, event_loop, listen_addrs) = net::start(keypair, settings.net).await?;
+
+        let (shutdown, shutdown_signal) = watch::channel(false);
+        let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
+        let page_state = Arc::new(http::PageState::new(peer_id, repo.store().clone(), client.clone()));
+        let http_task = tokio::spawn(http::serve(http_listener, page_state.clone(), shutdown_signal));
+        Ok(Daemon {
+            repo,
+            peer_id,
+            http_addr,
+            listen_addrs,
+            client,
+            page_state,
+            shutdown,
+            net_task: Some(net_task),
+            http_task: Some(http_task),
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Where the web server listens (with the real port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// A URL for the web page that works from this machine: a wildcard address is
+    /// replaced by loopback.
+    pub fn page_url(&self) -> String {
+        let mut addr = self.http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}/")
+    }
+
+    /// The peer-to-peer addresses bound at start.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn repo_root(&self) -> PathBuf {
+        self.repo.root().to_path_buf()
+    }
+
+    /// The one line printed at start: repository, identity, addresses, web page.
+    pub fn summary(&self) -> String {
+        let listen = if self.listen_addrs.is_empty() {
+            "no peer address".to_string()
+        } else {
+            self.listen_addrs.iter().map(Multiaddr::to_string).collect::<Vec<_>>().join(", ")
+        };
+        format!(
+            "oermesh daemon: repository {}, peer {}, listening on {}, web page {}",
+            self.repo.root().display(),
+            self.peer_id,
+            listen,
+            self.page_url()
+        )
+    }
+
+    /// Resolves when a task ends on its own (a panic or a server failure). A running
+    /// daemon never gets here; callers race it against their stop signal.
+    pub async fn task_ended(&mut self) -> DaemonError {
+        let (Some(net_task), Some(http_task)) = (self.net_task.as_mut(), self.http_task.as_mut()) else {
+            return DaemonError::TaskEnded("daemon");
+        };
+        let which = tokio::select! {
+            result = net_task => {
+                if let Err(err) = result { tracing::error!(%err, "network task failed"); }
+                "network"
+            }
+            result = http_task => {
+                match result {
+                    Ok(Err(err)) => tracing::error!(%err, "web server failed"),
+                    Err(err) => tracing::error!(%err, "web server task failed"),
+                    Ok(Ok(())) => {}
+                }
+                "web server"
+            }
+        };
+        if which == "network" {
+            self.net_task = None;
+        } else {
+            self.http_task = None;
+        }
+        DaemonError::TaskEnded(which)
+    }
+
+    /// Stops accepting work, lets requests in progress finish, closes peer
+    /// connections, flushes the store and releases the repository.
+    pub async fn shutdown(mut self) -> Result<(), DaemonError> {
+        let _ = self.shutdown.send(true);
+        if let Some(mut http_task) = self.http_task.take() {
+            match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, &mut http_task).await {
+                Ok(Ok(Err(err))) => tracing::warn!(%err, "web server stopped with an error"),
+                Ok(Err(err)) => tracing::warn!(%err, "web server task failed"),
+                Ok(Ok(Ok(()))) => {}
+                Err(_) => {
+                    tracing::warn!("requests still open after {HTTP_DRAIN_TIMEOUT:?}; closing them");
+                    http_task.abort();
+                    let _ = http_task.await;
+                }
+            }
+        }
+        // axum reports its connections closed just before their tasks drop the
+        // router, and the router holds a store handle: wait for those last handles,
+        // so that the store is released when shutdown returns.
+        let deadline = tokio::time::Instant::now() + HTTP_DRAIN_TIMEOUT;
+        while Arc::strong_count(&self.page_state) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(net_task) = self.net_task.take() {
+            if let Err(err) = net_task.await {
+                tracing::warn!(%err, "network task failed");
+            }
+        }
+        let store = self.repo.store().clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(flushed) => flushed?,
+            Err(_) => return Err(DaemonError::TaskEnded("store flush")),
+        }
+        Ok(())
+    }
+}
+
+/// Runs the node until Ctrl-C or SIGTERM, then shuts down cleanly.
+pub async fn run(repo: Repo, options: DaemonOptions) -> Result<(), DaemonError> {
+    let mut daemon = Daemon::start(repo, options).await?;
+    println!("{}", daemon.summary());
+    tokio::select! {
+        signal = stop_signal() => {
+            let name = signal?;
+            tracing::info!("{name} received; shutting down");
+            daemon.shutdown().await
+        }
+        failure = daemon.task_ended() => {
+            daemon.shutdown().await?;
+            Err(failure)
+        }
+    }
+}
+
+async fn stop_signal() -> Result<&'static str, DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    tokio::select! {
+        interrupt = tokio::signal::ctrl_c() => {
+            interrupt.map_err(DaemonError::Signal)?;
+            Ok("interrupt")
+        }
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_replace_config_values_and_bad_config_names_its_key() {
+        let config = DaemonSection {
+            http_listen: "127.0.0.1:8080".into(),
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            mdns: true,
+            static_peers: vec!["/ip4/10.0.0.2/tcp/4001".into()],
+        };
+        let from_config = DaemonOptions::default().resolve(&config).unwrap();
+        assert_eq!(from_config.http_listen, "127.0.0.1:8080");
+        assert!(from_config.net.mdns);
+        assert_eq!(from_config.net.static_peers.len(), 1);
+
+        let options = DaemonOptions {
+            http_listen: Some("127.0.0.1:0".into()),
+            listen: Some(vec![]),
+            mdns: Some(false),
+            static_peers: Some(vec![]),
+        };
+        let overridden = options.resolve(&config).unwrap();
+        assert_eq!(overridden.http_listen, "127.0.0.1:0");
+        assert!(!overridden.net.mdns && overridden.net.listen.is_empty() && overridden.net.static_peers.is_empty());
+
+        let broken = DaemonSection { static_peers: vec!["192.168.1.20:4001".into()], ..config };
+        let err = DaemonOptions::default().resolve(&broken).err().unwrap();
+        assert!(err.to_string().contains("daemon.static_peers"), "{err}");
+    }
+}
