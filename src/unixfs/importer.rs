@@ -236,6 +236,8 @@ fn import_stream<R: Read>(
 ) -> Result<Imported, ImportError> {
     let chunks_per_batch = (BATCH_BYTES / profile.chunk_size).max(1);
     let batch_bytes = chunks_per_batch * profile.chunk_size;
+    // Room for the whole first batch up front, or for the whole file if it is smaller: most
+    // files in a folder are small, and a full batch each would be wasted.
     let first_capacity = usize::try_from(size_hint).map_or(batch_bytes, |hint| hint.min(batch_bytes));
     let mut current = Vec::with_capacity(first_capacity);
     let mut next = Vec::new();
@@ -258,6 +260,7 @@ fn import_stream<R: Read>(
             break;
         }
         let mut hashed = Ok(Vec::new());
+        next.reserve(batch_bytes);
         let read = rayon::in_place_scope(|scope| {
             scope.spawn(|_| hashed = hash_batch(&current, profile, sink));
             read_batch(&mut reader, &mut next, batch_bytes)
@@ -276,7 +279,6 @@ fn import_stream<R: Read>(
 /// boundaries do not depend on how the reader splits its reads.
 fn read_batch(reader: &mut impl Read, buffer: &mut Vec<u8>, limit: usize) -> io::Result<()> {
     buffer.clear();
-    buffer.reserve(limit);
     reader.take(limit as u64).read_to_end(buffer)?;
     Ok(())
 }

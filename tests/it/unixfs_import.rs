@@ -2,6 +2,7 @@
 //! written by scripts/vectors/generate.mjs), plus the folder rules that have no vector.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -88,29 +89,71 @@ fn file_vector_above_one_gib() {
     assert_eq!(check_byte_vectors(|size| size >= 1 << 30), 1);
 }
 
-fn check_tree_vectors(tree: &str) {
-    let root = tempfile::tempdir().unwrap();
-    gen::write_tree(root.path(), &gen::tree(tree)).unwrap();
-    let mut checked = 0;
-    for vector in vectors().into_iter().filter(|vector| vector.input == format!("tree:{tree}")) {
-        let sink = MemoryBlocks::discarding();
-        let imported =
-            import_path(&root.path().join(tree), true, &vector.profile, &sink, &mut |_, _| {}, &|_| {})
-                .unwrap();
-        assert_eq!(imported.cid.to_string(), vector.cid, "case {}", vector.case);
-        checked += 1;
+/// A scratch folder in memory where there is one: creating thousands of files on the disk
+/// costs most of a millisecond each on some machines.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
     }
-    assert_eq!(checked, 3, "vectors for tree {tree}");
+    tempfile::tempdir().unwrap()
+}
+
+/// Checks every `tree:` vector whose spec starts with `prefix`; returns each case with
+/// whether its root came out as a HAMT shard.
+fn check_tree_vectors(prefix: &str) -> Vec<(String, bool)> {
+    let mut by_spec: BTreeMap<String, Vec<Vector>> = BTreeMap::new();
+    for vector in vectors() {
+        if let Some(spec) = vector.input.strip_prefix("tree:").filter(|spec| spec.starts_with(prefix)) {
+            by_spec.entry(spec.to_owned()).or_default().push(vector);
+        }
+    }
+    let mut checked = Vec::new();
+    for (spec, vectors) in by_spec {
+        let (root_name, entries) = gen::tree(&spec);
+        let root = scratch_dir();
+        gen::write_tree(root.path(), &entries).unwrap();
+        for vector in vectors {
+            let blocks = MemoryBlocks::new();
+            let imported = import_path(
+                &root.path().join(&root_name),
+                true,
+                &vector.profile,
+                &blocks,
+                &mut |_, _| {},
+                &|_| {},
+            )
+            .unwrap();
+            assert_eq!(imported.cid.to_string(), vector.cid, "case {}", vector.case);
+            let sharded = node_and_data(&blocks, &imported.cid).1.data_type == DataType::HamtShard;
+            checked.push((vector.case, sharded));
+        }
+    }
+    checked
 }
 
 #[test]
 fn nested_tree_vectors() {
-    check_tree_vectors("nested");
+    assert_eq!(check_tree_vectors("nested").len(), 3);
 }
 
 #[test]
 fn wide_tree_vectors() {
-    check_tree_vectors("wide");
+    let checked = check_tree_vectors("wide");
+    assert_eq!(checked.len(), 3);
+    assert!(checked.iter().all(|(_, sharded)| *sharded));
+}
+
+#[test]
+fn sharding_threshold_vectors() {
+    let checked = check_tree_vectors("flat");
+    assert_eq!(checked.len(), 6);
+    for (case, sharded) in checked {
+        let expected = case.contains("over-limit") || case.contains("empty-folder");
+        assert_eq!(sharded, expected, "case {case}");
+    }
 }
 
 fn node_and_data(blocks: &MemoryBlocks, cid: &cid::Cid) -> (PbNode, UnixfsData) {
@@ -121,7 +164,7 @@ fn node_and_data(blocks: &MemoryBlocks, cid: &cid::Cid) -> (PbNode, UnixfsData) 
 
 #[test]
 fn wide_folders_are_nested_shards() {
-    let root = tempfile::tempdir().unwrap();
+    let root = scratch_dir();
     gen::write_tree(root.path(), &gen::wide_tree()).unwrap();
     let blocks = MemoryBlocks::new();
     let imported =
