@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use oermesh::block::{BlockGet, MemoryBlocks};
 use oermesh::unixfs::hamt;
@@ -81,12 +82,47 @@ fn file_vectors() {
     assert!(checked >= 27, "only {checked} file vectors found");
 }
 
-/// 1 GiB + 1 MiB: the first v1-2025 file that needs a second level of links. About a minute
-/// in a debug build, most of it generating the input; run with `--ignored`.
+/// 1 GiB + 1 MiB: the first v1-2025 file that needs a second level of links (about 15 s in
+/// a debug build, mostly generating the input).
 #[test]
-#[ignore]
 fn file_vector_above_one_gib() {
     assert_eq!(check_byte_vectors(|size| size >= 1 << 30), 1);
+}
+
+/// Throughput of importing 1 GiB, against one core hashing with sha2-256. Run with
+/// `cargo test --release --test it -- --ignored import_throughput --nocapture`.
+#[test]
+#[ignore]
+fn import_throughput() {
+    use sha2::Digest;
+    const SIZE: usize = 1 << 30;
+    let mib_per_s =
+        |bytes: usize, took: std::time::Duration| bytes as f64 / (1 << 20) as f64 / took.as_secs_f64();
+    let data = gen::generated_bytes(SIZE, 99);
+
+    let start = Instant::now();
+    let digest = sha2::Sha256::digest(&data);
+    let sha_speed = mib_per_s(SIZE, start.elapsed());
+    assert_ne!(digest[0..4], [0; 4]);
+
+    let sink = MemoryBlocks::discarding();
+    let start = Instant::now();
+    let imported = import_reader(&data[..], &Profile::default(), &sink, &|_| {}).unwrap();
+    let memory_speed = mib_per_s(SIZE, start.elapsed());
+
+    let scratch = scratch_dir();
+    let path = scratch.path().join("one-gib.bin");
+    std::fs::write(&path, &data).unwrap();
+    drop(data);
+    let sink = MemoryBlocks::discarding();
+    let start = Instant::now();
+    let from_file = import_path(&path, false, &Profile::default(), &sink, &mut |_, _| {}, &|_| {}).unwrap();
+    let file_speed = mib_per_s(SIZE, start.elapsed());
+    assert_eq!(imported, from_file);
+
+    println!("sha2-256 on one core: {sha_speed:.0} MiB/s");
+    println!("import from memory:   {memory_speed:.0} MiB/s");
+    println!("import from a file:   {file_speed:.0} MiB/s ({})", path.display());
 }
 
 /// A scratch folder in memory where there is one: creating thousands of files on the disk
