@@ -68,7 +68,7 @@ const BATCH_BYTES: usize = 16 << 20;
 
 /// Imports one stream of bytes as a UnixFS file. `progress` receives the number of bytes
 /// read so far after each batch.
-pub fn import_reader<R: Read>(
+pub fn import_reader<R: Read + Send>(
     reader: R,
     profile: &Profile,
     sink: &impl BlockPut,
@@ -226,7 +226,7 @@ struct Child {
     file_bytes: u64,
 }
 
-fn import_stream<R: Read>(
+fn import_stream<R: Read + Send>(
     mut reader: R,
     size_hint: u64,
     profile: &Profile,
@@ -236,35 +236,35 @@ fn import_stream<R: Read>(
 ) -> Result<Imported, ImportError> {
     let chunks_per_batch = (BATCH_BYTES / profile.chunk_size).max(1);
     let batch_bytes = chunks_per_batch * profile.chunk_size;
-    // Room for the whole first batch up front, or for the whole file if it is smaller: most
-    // files in a folder are small, and a full batch each would be wasted.
-    let first_capacity = usize::try_from(size_hint).map_or(batch_bytes, |hint| hint.min(batch_bytes));
-    let mut current = Vec::with_capacity(first_capacity);
-    let mut next = Vec::new();
-    read_batch(&mut reader, &mut current, batch_bytes).map_err(read_error)?;
+    // Most files in a folder are small: size the first buffer for the file when its size
+    // is known (one byte more, so the read that finds the end needs no room of its own).
+    let first_len =
+        usize::try_from(size_hint.saturating_add(1)).map_or(batch_bytes, |len| len.min(batch_bytes));
+    let mut current = Batch { buffer: vec![0; first_len], len: 0 };
+    let mut next = Batch { buffer: Vec::new(), len: 0 };
+    current.fill(&mut reader, batch_bytes).map_err(read_error)?;
 
     let mut layout = BalancedLayout::new(profile, sink);
     let mut bytes_read = 0u64;
     loop {
-        bytes_read += current.len() as u64;
+        bytes_read += current.len as u64;
         progress(bytes_read);
-        let last = current.len() < batch_bytes;
-        if last {
+        if current.len < batch_bytes {
             if bytes_read == 0 {
                 // An empty file is one empty leaf, as in the reference.
                 layout.push_leaf(hash_leaf(&[], profile, sink)?)?;
             }
-            for leaf in hash_batch(&current, profile, sink)? {
+            for leaf in hash_batch(current.bytes(), profile, sink)? {
                 layout.push_leaf(leaf)?;
             }
             break;
         }
-        let mut hashed = Ok(Vec::new());
-        next.reserve(batch_bytes);
-        let read = rayon::in_place_scope(|scope| {
-            scope.spawn(|_| hashed = hash_batch(&current, profile, sink));
-            read_batch(&mut reader, &mut next, batch_bytes)
-        });
+        // Both halves run on the pool, so the thread that reads joins in the hashing as
+        // soon as its read is done.
+        let (read, hashed) = rayon::join(
+            || next.fill(&mut reader, batch_bytes),
+            || hash_batch(current.bytes(), profile, sink),
+        );
         for leaf in hashed? {
             layout.push_leaf(leaf)?;
         }
@@ -275,12 +275,39 @@ fn import_stream<R: Read>(
     Ok(Imported { cid: root.cid, size: root.file_bytes, tsize: root.tsize })
 }
 
-/// Fills `buffer` with up to `limit` bytes, short only at the end of the stream, so chunk
-/// boundaries do not depend on how the reader splits its reads.
-fn read_batch(reader: &mut impl Read, buffer: &mut Vec<u8>, limit: usize) -> io::Result<()> {
-    buffer.clear();
-    reader.take(limit as u64).read_to_end(buffer)?;
-    Ok(())
+/// A reusable read buffer and how much of it the last fill used.
+struct Batch {
+    buffer: Vec<u8>,
+    len: usize,
+}
+
+impl Batch {
+    /// Reads until `limit` bytes are in or the stream ends, so chunk boundaries do not
+    /// depend on how the reader splits its reads. Reads go straight into the buffer, which
+    /// only grows, and is zeroed only when it does.
+    fn fill(&mut self, reader: &mut impl Read, limit: usize) -> io::Result<()> {
+        self.len = 0;
+        loop {
+            if self.len == self.buffer.len() {
+                if self.len >= limit {
+                    return Ok(());
+                }
+                let grown = (self.buffer.len() * 2).max(64 * 1024).min(limit);
+                self.buffer.resize(grown, 0);
+            }
+            let room = limit.min(self.buffer.len());
+            match reader.read(&mut self.buffer[self.len..room]) {
+                Ok(0) => return Ok(()),
+                Ok(read) => self.len += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buffer[..self.len]
+    }
 }
 
 fn hash_batch(batch: &[u8], profile: &Profile, sink: &impl BlockPut) -> Result<Vec<Child>, BlockError> {

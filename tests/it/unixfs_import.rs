@@ -94,6 +94,7 @@ fn file_vector_above_one_gib() {
 #[test]
 #[ignore]
 fn import_throughput() {
+    use rayon::prelude::*;
     use sha2::Digest;
     const SIZE: usize = 1 << 30;
     let mib_per_s =
@@ -105,6 +106,11 @@ fn import_throughput() {
     let sha_speed = mib_per_s(SIZE, start.elapsed());
     assert_ne!(digest[0..4], [0; 4]);
 
+    let start = Instant::now();
+    let digests: Vec<_> = data.par_chunks(1 << 20).map(sha2::Sha256::digest).collect();
+    let sha_all_cores = mib_per_s(SIZE, start.elapsed());
+    assert_eq!(digests.len(), 1024);
+
     let sink = MemoryBlocks::discarding();
     let start = Instant::now();
     let imported = import_reader(&data[..], &Profile::default(), &sink, &|_| {}).unwrap();
@@ -114,6 +120,11 @@ fn import_throughput() {
     let path = scratch.path().join("one-gib.bin");
     std::fs::write(&path, &data).unwrap();
     drop(data);
+    let start = Instant::now();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut buffer = vec![0u8; 16 << 20];
+    while file.read(&mut buffer).unwrap() > 0 {}
+    let read_speed = mib_per_s(SIZE, start.elapsed());
     let sink = MemoryBlocks::discarding();
     let start = Instant::now();
     let from_file = import_path(&path, false, &Profile::default(), &sink, &mut |_, _| {}, &|_| {}).unwrap();
@@ -121,6 +132,8 @@ fn import_throughput() {
     assert_eq!(imported, from_file);
 
     println!("sha2-256 on one core: {sha_speed:.0} MiB/s");
+    println!("sha2-256 on all cores ({}): {sha_all_cores:.0} MiB/s", rayon::current_num_threads());
+    println!("reading the file:     {read_speed:.0} MiB/s");
     println!("import from memory:   {memory_speed:.0} MiB/s");
     println!("import from a file:   {file_speed:.0} MiB/s ({})", path.display());
 }
