@@ -115,6 +115,12 @@ fn hash_round(name: &str, round: usize) -> u64 {
     murmur3_x64_128(&salted, 0).0
 }
 
+/// Bits per level for a shard node's `fanout` field: `None` unless it is a power of two
+/// from 2 to 2^16, since a bucket must be a whole number of hash bits and labels stay short.
+pub fn fanout_bits(fanout: u64) -> Option<u32> {
+    (fanout.is_power_of_two() && (2..=1 << 16).contains(&fanout)).then(|| fanout.trailing_zeros())
+}
+
 /// Upper-case hex of `index`, padded to the width of `fanout - 1` ("00".."FF" for 256).
 pub fn label_prefix(index: usize, fanout: usize) -> String {
     let width = format!("{:X}", fanout.saturating_sub(1)).len();
@@ -226,6 +232,16 @@ mod tests {
         // Past 64 bits the name is hashed again with the round number appended.
         let salted = murmur3_x64_128(b"hello\x01", 0).0.to_be_bytes();
         assert_eq!(bucket_index("hello", 8, 8), usize::from(salted[0]));
+    }
+
+    #[test]
+    fn fanout_bits_of_valid_fanouts_only() {
+        assert_eq!(fanout_bits(256), Some(8));
+        assert_eq!(fanout_bits(16), Some(4));
+        assert_eq!(fanout_bits(0), None);
+        assert_eq!(fanout_bits(1), None);
+        assert_eq!(fanout_bits(255), None);
+        assert_eq!(fanout_bits(1 << 20), None);
     }
 
     #[test]

@@ -52,8 +52,6 @@ pub enum ImportError {
     IsDirectory(PathBuf),
     #[error("{0} is a symbolic link loop: it leads back into a folder that contains it")]
     SymlinkLoop(PathBuf),
-    #[error("{0} is not a folder")]
-    NotADirectory(PathBuf),
     #[error("{0} is neither a file nor a folder (a device, socket or pipe) and cannot be added")]
     NotAFileOrFolder(PathBuf),
     #[error("{0} has a name that is not valid UTF-8, which UnixFS requires")]

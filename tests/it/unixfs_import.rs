@@ -138,6 +138,22 @@ fn import_throughput() {
     println!("import from a file:   {file_speed:.0} MiB/s ({})", path.display());
 }
 
+/// Time to import 9,520 small files from the disk, the shape of a folder of worksheets.
+/// Run with `cargo test --release --test it -- --ignored small_files_throughput --nocapture`.
+#[test]
+#[ignore]
+fn small_files_throughput() {
+    let root = tempfile::tempdir().unwrap();
+    gen::write_tree(root.path(), &gen::wide_tree()).unwrap();
+    let sink = MemoryBlocks::discarding();
+    let mut files = 0;
+    let start = Instant::now();
+    import_path(&root.path().join("wide"), true, &Profile::default(), &sink, &mut |_, _| files += 1, &|_| {})
+        .unwrap();
+    let took = start.elapsed();
+    println!("{files} entries in {took:.2?}: {:.0} entries/s", f64::from(files) / took.as_secs_f64());
+}
+
 /// A scratch folder in memory where there is one: creating thousands of files on the disk
 /// costs most of a millisecond each on some machines.
 fn scratch_dir() -> tempfile::TempDir {
