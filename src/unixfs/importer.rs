@@ -153,8 +153,9 @@ pub fn build_directory(
 
 /// `entries` pairs each link with whether it counts toward the sharding threshold. The
 /// reference measures a folder while its sub-folders that have entries are still without
-/// a CID, so their links add nothing; kubo counts them. The two differ only for a folder
-/// within one link of the threshold, and the reference is what the vectors check.
+/// a CID, so their links add nothing; an importer that measures finished sub-folders would
+/// count them. That changes the outcome only for a folder within one link of the threshold,
+/// and the reference is what the vectors check.
 fn directory_node(
     entries: Vec<(DirLink, bool)>,
     profile: &Profile,
