@@ -254,13 +254,11 @@ fn find_in_shard(blocks: &MemoryBlocks, shard: cid::Cid, name: &str) -> cid::Cid
     for depth in 0.. {
         let (node, data) = node_and_data(blocks, &node_cid);
         assert_eq!(data.data_type, DataType::HamtShard);
-        let prefix = hamt::label_prefix(hamt::bucket_index(name, depth, hamt::FANOUT_BITS), hamt::FANOUT);
-        let link = node.links.iter().find(|link| link.name.as_deref().unwrap().starts_with(&prefix)).unwrap();
-        if link.name.as_deref() == Some(&format!("{prefix}{name}")) {
-            return link.cid;
+        match hamt::lookup_step(&node.links, name, depth, data.fanout.unwrap()).unwrap() {
+            hamt::ShardStep::Found(link) => return link.cid,
+            hamt::ShardStep::Descend(link) => node_cid = link.cid,
+            hamt::ShardStep::Absent => panic!("{name} is not in the shard"),
         }
-        assert_eq!(link.name.as_deref(), Some(prefix.as_str()), "bucket holds another entry");
-        node_cid = link.cid;
     }
     unreachable!()
 }
