@@ -368,3 +368,26 @@ fn symbolic_links_are_followed_and_loops_refused() {
     let error = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
     assert!(matches!(error, ImportError::SymlinkLoop(_)), "{error}");
 }
+
+#[test]
+fn refuses_what_unixfs_cannot_hold() {
+    use std::os::unix::ffi::OsStrExt;
+    let profile = Profile::default();
+    let sink = MemoryBlocks::discarding();
+
+    let root = scratch_dir();
+    let folder = root.path().join("latin1");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"coffee").unwrap();
+    let error = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
+    assert!(matches!(error, ImportError::NameNotUtf8(_)), "{error}");
+
+    let pipes = root.path().join("pipes");
+    std::fs::create_dir(&pipes).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(pipes.join("queue")).status();
+    if made.is_ok_and(|status| status.success()) {
+        let error = import_path(&pipes, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
+        assert!(matches!(error, ImportError::NotAFileOrFolder(_)), "{error}");
+        assert!(error.to_string().contains("queue"), "{error}");
+    }
+}
