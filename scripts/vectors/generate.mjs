@@ -77,7 +77,29 @@ function wideTree () {
   return entries
 }
 
-const TREES = { nested: NESTED, wide: wideTree() }
+// Mirrors tests/it/gen.rs `flat_tree`: `count` empty files named `f` plus the index padded
+// to `nameLength` characters, the first `longer` of them with an `x` appended, and optionally
+// a folder `zz` that is empty or holds one empty file. Sized to sit exactly at a profile's
+// sharding threshold.
+function flatTree (count, nameLength, longer, folder) {
+  const entries = []
+  for (let i = 0; i < count; i++) {
+    const name = 'f' + String(i).padStart(nameLength - 1, '0') + (i < longer ? 'x' : '')
+    entries.push([`flat/${name}`, 0, 0])
+  }
+  if (folder === 'empty') entries.push(['flat/zz/'])
+  if (folder === 'full') entries.push(['flat/zz/x', 0, 0])
+  return entries
+}
+
+// `tree:NAME` input: the root folder's name and its entries.
+function tree (spec) {
+  const [name, ...args] = spec.split(':')
+  if (name === 'nested') return NESTED
+  if (name === 'wide') return wideTree()
+  if (name === 'flat') return flatTree(Number(args[0]), Number(args[1]), Number(args[2]), args[3])
+  throw new Error(`unknown tree ${spec}`)
+}
 
 function candidates (entries) {
   return entries.map(([path, size, seed]) => path.endsWith('/')
@@ -114,7 +136,7 @@ async function cidOf (options, input) {
     const [size, seed] = rest.map(Number)
     source = [{ content: generatedBytes(size, seed) }]
   } else if (kind === 'tree') {
-    source = candidates(TREES[rest[0]])
+    source = candidates(tree(rest.join(':')))
     rootPath = rest[0]
   } else {
     throw new Error(`unknown input ${input}`)
@@ -139,6 +161,10 @@ for (const [label, options] of [['v1', V1], ['v0', V0], ['v0-cid1', V0_CID1]]) {
     cases.push([`${label}-bytes-${size}`, options, `bytes:${size}:${size + 7}`])
   }
 }
+// Files that end exactly at, or just past, the importer's 16 MiB read batches.
+for (const size of [16 * MIB, 16 * MIB + 1, 32 * MIB]) {
+  cases.push([`v1-bytes-${size}`, V1, `bytes:${size}:${size + 7}`])
+}
 cases.push(
   // v0: 175 chunks of 256 KiB need a second level of links (174 per node).
   ['v0-two-levels', V0, `bytes:${174 * 256 * KIB + 1}:21`],
@@ -154,7 +180,17 @@ cases.push(
   ['v0-cid1-tree-nested', V0_CID1, 'tree:nested'],
   ['v1-tree-wide', V1, 'tree:wide'],
   ['v0-tree-wide', V0, 'tree:wide'],
-  ['v0-cid1-tree-wide', V0_CID1, 'tree:wide']
+  ['v0-cid1-tree-wide', V0_CID1, 'tree:wide'],
+  // 4 + 4369 * 60 = 262144 block bytes: exactly at the threshold stays a plain directory.
+  ['v1-flat-at-limit', V1, 'tree:flat:4369:16:0'],
+  ['v1-flat-over-limit', V1, 'tree:flat:4369:16:1'],
+  // 4096 * (30 + 34) = 262144 link bytes.
+  ['v0-flat-at-limit', V0, 'tree:flat:4096:30:0'],
+  ['v0-flat-over-limit', V0, 'tree:flat:4096:30:1'],
+  // A sub-folder with entries is measured before it has a CID, so it adds nothing;
+  // an empty one adds its link.
+  ['v1-flat-at-limit-full-folder', V1, 'tree:flat:4369:16:0:full'],
+  ['v1-flat-at-limit-empty-folder', V1, 'tree:flat:4369:16:0:empty']
 )
 if (!process.argv.includes('--skip-huge')) {
   // v1: 1025 chunks of 1 MiB, the first size that needs two levels of links.

@@ -115,6 +115,12 @@ fn hash_round(name: &str, round: usize) -> u64 {
     murmur3_x64_128(&salted, 0).0
 }
 
+/// Bits per level for a shard node's `fanout` field: `None` unless it is a power of two
+/// from 2 to 2^16, since a bucket must be a whole number of hash bits and labels stay short.
+pub fn fanout_bits(fanout: u64) -> Option<u32> {
+    (fanout.is_power_of_two() && (2..=1 << 16).contains(&fanout)).then(|| fanout.trailing_zeros())
+}
+
 /// Upper-case hex of `index`, padded to the width of `fanout - 1` ("00".."FF" for 256).
 pub fn label_prefix(index: usize, fanout: usize) -> String {
     let width = format!("{:X}", fanout.saturating_sub(1)).len();
@@ -133,6 +139,37 @@ pub fn bitfield_bytes(occupied: &[bool]) -> Vec<u8> {
     }
     little_endian.reverse();
     little_endian
+}
+
+/// Where a lookup goes from one shard node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardStep<'a> {
+    /// The link to the entry itself.
+    Found(&'a PbLink),
+    /// The link to the sub-shard one level deeper that may hold the entry.
+    Descend(&'a PbLink),
+    /// The shard has no entry of that name.
+    Absent,
+}
+
+/// Finds where `name` lives among the `links` of a shard node at `depth` (0 for the root
+/// node) whose `fanout` field is `fanout`. `None` if the fanout is not one a shard can have.
+pub fn lookup_step<'a>(links: &'a [PbLink], name: &str, depth: usize, fanout: u64) -> Option<ShardStep<'a>> {
+    let bits = fanout_bits(fanout)?;
+    let prefix = label_prefix(bucket_index(name, depth, bits), fanout as usize);
+    let step = links
+        .iter()
+        .find_map(|link| {
+            let rest = link.name.as_deref()?.strip_prefix(prefix.as_str())?;
+            match rest {
+                "" => Some(ShardStep::Descend(link)),
+                _ if rest == name => Some(ShardStep::Found(link)),
+                // The bucket holds a different entry.
+                _ => Some(ShardStep::Absent),
+            }
+        })
+        .unwrap_or(ShardStep::Absent);
+    Some(step)
 }
 
 /// Builds the shard for a directory's entries, writing every shard node to `sink`.
@@ -190,6 +227,7 @@ fn build_level(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::{cid_v1, codec, BlockGet, MemoryBlocks};
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -226,6 +264,55 @@ mod tests {
         // Past 64 bits the name is hashed again with the round number appended.
         let salted = murmur3_x64_128(b"hello\x01", 0).0.to_be_bytes();
         assert_eq!(bucket_index("hello", 8, 8), usize::from(salted[0]));
+    }
+
+    /// Follows `lookup_step` from the root shard down; returns the entry's CID if found.
+    fn find(blocks: &MemoryBlocks, root: Cid, name: &str) -> Option<Cid> {
+        let mut node_cid = root;
+        for depth in 0.. {
+            let node = PbNode::decode(&blocks.get_block(&node_cid).unwrap()).unwrap();
+            let data = UnixfsData::decode(node.data.as_deref().unwrap()).unwrap();
+            match lookup_step(&node.links, name, depth, data.fanout.unwrap()).unwrap() {
+                ShardStep::Found(link) => return Some(link.cid),
+                ShardStep::Descend(link) => node_cid = link.cid,
+                ShardStep::Absent => return None,
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn lookups_find_every_entry_and_nothing_else() {
+        // 1,000 names in 256 buckets: many buckets need sub-shards.
+        let entries: Vec<DirLink> = (0..1000)
+            .map(|i| DirLink {
+                name: format!("n{i}"),
+                cid: cid_v1(codec::RAW, &[i as u8, (i >> 8) as u8]),
+                tsize: 2,
+            })
+            .collect();
+        let blocks = MemoryBlocks::new();
+        let (root, tsize) = build_shard(entries.clone(), 1, &blocks).unwrap();
+        for entry in &entries {
+            assert_eq!(find(&blocks, root, &entry.name), Some(entry.cid), "{}", entry.name);
+        }
+        for missing in ["n1000", "n-1", "", "N1"] {
+            assert_eq!(find(&blocks, root, missing), None, "{missing}");
+        }
+        // Tsize: every shard node once, plus each entry's own Tsize.
+        let shard_bytes: usize = blocks.into_blocks().values().map(Vec::len).sum();
+        assert_eq!(tsize, shard_bytes as u64 + 2 * 1000);
+        assert_eq!(lookup_step(&[], "x", 0, 255), None);
+    }
+
+    #[test]
+    fn fanout_bits_of_valid_fanouts_only() {
+        assert_eq!(fanout_bits(256), Some(8));
+        assert_eq!(fanout_bits(16), Some(4));
+        assert_eq!(fanout_bits(0), None);
+        assert_eq!(fanout_bits(1), None);
+        assert_eq!(fanout_bits(255), None);
+        assert_eq!(fanout_bits(1 << 20), None);
     }
 
     #[test]

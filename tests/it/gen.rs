@@ -122,13 +122,43 @@ pub fn wide_tree() -> Vec<TreeEntry> {
     entries
 }
 
-/// The tree the script calls `name`.
-pub fn tree(name: &str) -> Vec<TreeEntry> {
-    match name {
+/// `count` empty files named `f` plus the index padded to `name_len` characters, the first
+/// `longer` of them with an `x` appended, and optionally a folder `zz` that is `"empty"` or
+/// `"full"` (one empty file). Sized to sit exactly at a sharding threshold. Mirrors
+/// `flatTree` in the script.
+pub fn flat_tree(count: usize, name_len: usize, longer: usize, folder: Option<&str>) -> Vec<TreeEntry> {
+    let mut entries: Vec<TreeEntry> = (0..count)
+        .map(|i| {
+            let extra = if i < longer { "x" } else { "" };
+            let path = format!("flat/f{i:0width$}{extra}", width = name_len - 1);
+            TreeEntry::File { path, size: 0, seed: 0 }
+        })
+        .collect();
+    match folder {
+        Some("empty") => entries.push(TreeEntry::EmptyFolder { path: "flat/zz".into() }),
+        Some("full") => entries.push(TreeEntry::File { path: "flat/zz/x".into(), size: 0, seed: 0 }),
+        Some(other) => panic!("unknown folder kind {other}"),
+        None => {}
+    }
+    entries
+}
+
+/// The tree a `tree:SPEC` vector input names: its root folder's name and its entries.
+pub fn tree(spec: &str) -> (String, Vec<TreeEntry>) {
+    let mut parts = spec.split(':');
+    let name = parts.next().expect("a tree name");
+    let entries = match name {
         "nested" => nested_tree(),
         "wide" => wide_tree(),
+        "flat" => {
+            let mut number =
+                || parts.next().and_then(|n| n.parse().ok()).expect("flat:COUNT:NAME_LEN:LONGER");
+            let (count, name_len, longer) = (number(), number(), number());
+            flat_tree(count, name_len, longer, parts.next())
+        }
         other => panic!("no generated tree called {other}"),
-    }
+    };
+    (name.to_owned(), entries)
 }
 
 /// Writes `entries` under `root`.

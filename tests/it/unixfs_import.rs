@@ -2,8 +2,10 @@
 //! written by scripts/vectors/generate.mjs), plus the folder rules that have no vector.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use oermesh::block::{BlockGet, MemoryBlocks};
 use oermesh::unixfs::hamt;
@@ -80,37 +82,143 @@ fn file_vectors() {
     assert!(checked >= 27, "only {checked} file vectors found");
 }
 
-/// 1 GiB + 1 MiB: the first v1-2025 file that needs a second level of links. About a minute
-/// in a debug build, most of it generating the input; run with `--ignored`.
+/// 1 GiB + 1 MiB: the first v1-2025 file that needs a second level of links (about 15 s in
+/// a debug build, mostly generating the input).
 #[test]
-#[ignore]
 fn file_vector_above_one_gib() {
     assert_eq!(check_byte_vectors(|size| size >= 1 << 30), 1);
 }
 
-fn check_tree_vectors(tree: &str) {
+/// Throughput of importing 1 GiB, against one core hashing with sha2-256. Run with
+/// `cargo test --release --test it -- --ignored import_throughput --nocapture`.
+#[test]
+#[ignore]
+fn import_throughput() {
+    use rayon::prelude::*;
+    use sha2::Digest;
+    const SIZE: usize = 1 << 30;
+    let mib_per_s =
+        |bytes: usize, took: std::time::Duration| bytes as f64 / (1 << 20) as f64 / took.as_secs_f64();
+    let data = gen::generated_bytes(SIZE, 99);
+
+    let start = Instant::now();
+    let digest = sha2::Sha256::digest(&data);
+    let sha_speed = mib_per_s(SIZE, start.elapsed());
+    assert_ne!(digest[0..4], [0; 4]);
+
+    let start = Instant::now();
+    let digests: Vec<_> = data.par_chunks(1 << 20).map(sha2::Sha256::digest).collect();
+    let sha_all_cores = mib_per_s(SIZE, start.elapsed());
+    assert_eq!(digests.len(), 1024);
+
+    let sink = MemoryBlocks::discarding();
+    let start = Instant::now();
+    let imported = import_reader(&data[..], &Profile::default(), &sink, &|_| {}).unwrap();
+    let memory_speed = mib_per_s(SIZE, start.elapsed());
+
+    let scratch = scratch_dir();
+    let path = scratch.path().join("one-gib.bin");
+    std::fs::write(&path, &data).unwrap();
+    drop(data);
+    let start = Instant::now();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut buffer = vec![0u8; 16 << 20];
+    while file.read(&mut buffer).unwrap() > 0 {}
+    let read_speed = mib_per_s(SIZE, start.elapsed());
+    let sink = MemoryBlocks::discarding();
+    let start = Instant::now();
+    let from_file = import_path(&path, false, &Profile::default(), &sink, &mut |_, _| {}, &|_| {}).unwrap();
+    let file_speed = mib_per_s(SIZE, start.elapsed());
+    assert_eq!(imported, from_file);
+
+    println!("sha2-256 on one core: {sha_speed:.0} MiB/s");
+    println!("sha2-256 on all cores ({}): {sha_all_cores:.0} MiB/s", rayon::current_num_threads());
+    println!("reading the file:     {read_speed:.0} MiB/s");
+    println!("import from memory:   {memory_speed:.0} MiB/s");
+    println!("import from a file:   {file_speed:.0} MiB/s ({})", path.display());
+}
+
+/// Time to import 9,520 small files from the disk, the shape of a folder of worksheets.
+/// Run with `cargo test --release --test it -- --ignored small_files_throughput --nocapture`.
+#[test]
+#[ignore]
+fn small_files_throughput() {
     let root = tempfile::tempdir().unwrap();
-    gen::write_tree(root.path(), &gen::tree(tree)).unwrap();
-    let mut checked = 0;
-    for vector in vectors().into_iter().filter(|vector| vector.input == format!("tree:{tree}")) {
-        let sink = MemoryBlocks::discarding();
-        let imported =
-            import_path(&root.path().join(tree), true, &vector.profile, &sink, &mut |_, _| {}, &|_| {})
-                .unwrap();
-        assert_eq!(imported.cid.to_string(), vector.cid, "case {}", vector.case);
-        checked += 1;
+    gen::write_tree(root.path(), &gen::wide_tree()).unwrap();
+    let sink = MemoryBlocks::discarding();
+    let mut files = 0;
+    let start = Instant::now();
+    import_path(&root.path().join("wide"), true, &Profile::default(), &sink, &mut |_, _| files += 1, &|_| {})
+        .unwrap();
+    let took = start.elapsed();
+    println!("{files} entries in {took:.2?}: {:.0} entries/s", f64::from(files) / took.as_secs_f64());
+}
+
+/// A scratch folder in memory where there is one: creating thousands of files on the disk
+/// costs most of a millisecond each on some machines.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
     }
-    assert_eq!(checked, 3, "vectors for tree {tree}");
+    tempfile::tempdir().unwrap()
+}
+
+/// Checks every `tree:` vector whose spec starts with `prefix`; returns each case with
+/// whether its root came out as a HAMT shard.
+fn check_tree_vectors(prefix: &str) -> Vec<(String, bool)> {
+    let mut by_spec: BTreeMap<String, Vec<Vector>> = BTreeMap::new();
+    for vector in vectors() {
+        if let Some(spec) = vector.input.strip_prefix("tree:").filter(|spec| spec.starts_with(prefix)) {
+            by_spec.entry(spec.to_owned()).or_default().push(vector);
+        }
+    }
+    let mut checked = Vec::new();
+    for (spec, vectors) in by_spec {
+        let (root_name, entries) = gen::tree(&spec);
+        let root = scratch_dir();
+        gen::write_tree(root.path(), &entries).unwrap();
+        for vector in vectors {
+            let blocks = MemoryBlocks::new();
+            let imported = import_path(
+                &root.path().join(&root_name),
+                true,
+                &vector.profile,
+                &blocks,
+                &mut |_, _| {},
+                &|_| {},
+            )
+            .unwrap();
+            assert_eq!(imported.cid.to_string(), vector.cid, "case {}", vector.case);
+            let sharded = node_and_data(&blocks, &imported.cid).1.data_type == DataType::HamtShard;
+            checked.push((vector.case, sharded));
+        }
+    }
+    checked
 }
 
 #[test]
 fn nested_tree_vectors() {
-    check_tree_vectors("nested");
+    assert_eq!(check_tree_vectors("nested").len(), 3);
 }
 
 #[test]
 fn wide_tree_vectors() {
-    check_tree_vectors("wide");
+    let checked = check_tree_vectors("wide");
+    assert_eq!(checked.len(), 3);
+    assert!(checked.iter().all(|(_, sharded)| *sharded));
+}
+
+#[test]
+fn sharding_threshold_vectors() {
+    let checked = check_tree_vectors("flat");
+    assert_eq!(checked.len(), 6);
+    for (case, sharded) in checked {
+        let expected = case.contains("over-limit") || case.contains("empty-folder");
+        assert_eq!(sharded, expected, "case {case}");
+    }
 }
 
 fn node_and_data(blocks: &MemoryBlocks, cid: &cid::Cid) -> (PbNode, UnixfsData) {
@@ -121,7 +229,7 @@ fn node_and_data(blocks: &MemoryBlocks, cid: &cid::Cid) -> (PbNode, UnixfsData) 
 
 #[test]
 fn wide_folders_are_nested_shards() {
-    let root = tempfile::tempdir().unwrap();
+    let root = scratch_dir();
     gen::write_tree(root.path(), &gen::wide_tree()).unwrap();
     let blocks = MemoryBlocks::new();
     let imported =
@@ -146,13 +254,11 @@ fn find_in_shard(blocks: &MemoryBlocks, shard: cid::Cid, name: &str) -> cid::Cid
     for depth in 0.. {
         let (node, data) = node_and_data(blocks, &node_cid);
         assert_eq!(data.data_type, DataType::HamtShard);
-        let prefix = hamt::label_prefix(hamt::bucket_index(name, depth, hamt::FANOUT_BITS), hamt::FANOUT);
-        let link = node.links.iter().find(|link| link.name.as_deref().unwrap().starts_with(&prefix)).unwrap();
-        if link.name.as_deref() == Some(&format!("{prefix}{name}")) {
-            return link.cid;
+        match hamt::lookup_step(&node.links, name, depth, data.fanout.unwrap()).unwrap() {
+            hamt::ShardStep::Found(link) => return link.cid,
+            hamt::ShardStep::Descend(link) => node_cid = link.cid,
+            hamt::ShardStep::Absent => panic!("{name} is not in the shard"),
         }
-        assert_eq!(link.name.as_deref(), Some(prefix.as_str()), "bucket holds another entry");
-        node_cid = link.cid;
     }
     unreachable!()
 }
@@ -261,4 +367,27 @@ fn symbolic_links_are_followed_and_loops_refused() {
     std::os::unix::fs::symlink(folder.join("a"), folder.join("b")).unwrap();
     let error = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
     assert!(matches!(error, ImportError::SymlinkLoop(_)), "{error}");
+}
+
+#[test]
+fn refuses_what_unixfs_cannot_hold() {
+    use std::os::unix::ffi::OsStrExt;
+    let profile = Profile::default();
+    let sink = MemoryBlocks::discarding();
+
+    let root = scratch_dir();
+    let folder = root.path().join("latin1");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"coffee").unwrap();
+    let error = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
+    assert!(matches!(error, ImportError::NameNotUtf8(_)), "{error}");
+
+    let pipes = root.path().join("pipes");
+    std::fs::create_dir(&pipes).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(pipes.join("queue")).status();
+    if made.is_ok_and(|status| status.success()) {
+        let error = import_path(&pipes, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
+        assert!(matches!(error, ImportError::NotAFileOrFolder(_)), "{error}");
+        assert!(error.to_string().contains("queue"), "{error}");
+    }
 }
