@@ -91,10 +91,8 @@ pub struct PeerInfo {
 /// Reads the node identity from `node.key`: a raw 32-byte ed25519 seed.
 pub fn read_node_key(path: &Path) -> Result<Keypair, NetError> {
     let failure = |reason: String| NetError::NodeKey { path: path.to_path_buf(), reason };
-    let mut seed = std::fs::read(path).map_err(|err| failure(err.to_string()))?;
-    if seed.len() != 32 {
-        return Err(failure(format!("expected a 32-byte ed25519 seed, found {} bytes", seed.len())));
-    }
+    let key = crate::keys::read_key_file(path).map_err(|err| failure(err.to_string()))?;
+    let mut seed = key.to_bytes();
     Keypair::ed25519_from_bytes(&mut seed).map_err(|err| failure(err.to_string()))
 }
 
@@ -492,15 +490,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_key_must_be_a_32_byte_seed() {
+    fn the_peer_id_comes_from_the_node_key_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
-        std::fs::write(&path, [7u8; 31]).unwrap();
-        assert!(matches!(read_node_key(&path), Err(NetError::NodeKey { .. })));
         std::fs::write(&path, [7u8; 32]).unwrap();
+        assert!(matches!(read_node_key(&path), Err(NetError::NodeKey { .. })));
+        std::fs::remove_file(&path).unwrap();
+        let key = crate::keys::generate_signing_key().unwrap();
+        crate::keys::write_key_file(&path, &key).unwrap();
         let first = read_node_key(&path).unwrap().public().to_peer_id();
         let again = read_node_key(&path).unwrap().public().to_peer_id();
-        assert_eq!(first, again, "the same seed gives the same peer id");
+        assert_eq!(first, again, "the same key file gives the same peer id");
+        let expected = Keypair::ed25519_from_bytes(key.to_bytes()).unwrap().public().to_peer_id();
+        assert_eq!(first, expected);
     }
 
     #[test]
