@@ -88,7 +88,7 @@ pub struct PeerInfo {
     pub rtt: Option<Duration>,
 }
 
-/// Reads the node identity from `node.key`: a raw 32-byte ed25519 seed.
+/// Reads the node identity from `node.key`, an ed25519 key file like a publisher's.
 pub fn read_node_key(path: &Path) -> Result<Keypair, NetError> {
     let failure = |reason: String| NetError::NodeKey { path: path.to_path_buf(), reason };
     let key = crate::keys::read_key_file(path).map_err(|err| failure(err.to_string()))?;

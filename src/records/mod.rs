@@ -1,6 +1,6 @@
 //! The signed record layer: resource records, licences, collections and retractions.
 //!
-//! Wire formats are described in docs/PROTOCOL-records.md; the licence rules in docs/LICENSES.md.
+//! Wire formats are described in docs/PROTOCOL.md; the licence rules in docs/LICENSES.md.
 
 pub mod book;
 pub mod codec;

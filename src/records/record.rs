@@ -115,7 +115,7 @@ pub struct RecordDraft {
     pub created: Option<String>,
 }
 
-/// A resource record as it travels: see docs/PROTOCOL-records.md for the field table.
+/// A resource record as it travels: see docs/PROTOCOL.md for the field table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
