@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod gen;
 mod publishing;
+mod reliability;
 mod records;
 mod store;
 mod unixfs_import;
