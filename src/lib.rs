@@ -10,4 +10,5 @@ pub mod records;
 pub mod repo;
 pub mod store;
 pub mod transfer;
+pub mod units;
 pub mod unixfs;

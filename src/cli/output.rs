@@ -19,18 +19,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
 
 /// Sizes for people: 1.5 MiB, 12.0 GiB.
 pub fn bytes(count: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{count} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    oermesh::units::human_bytes(count)
 }
 
 pub fn parse_cid(text: &str) -> Result<Cid> {

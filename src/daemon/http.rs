@@ -274,8 +274,8 @@ fn render_page(peer_id: &PeerId, snapshot: &StoreSnapshot, network: Option<&(Vec
          <dt>Content size</dt><dd>{}</dd>\n<dt>Disk used</dt><dd>{}</dd>\n</dl>\n</section>\n",
         snapshot.pins_total,
         stat.blocks,
-        human_bytes(stat.bytes),
-        human_bytes(stat.disk_bytes)
+        crate::units::human_bytes(stat.bytes),
+        crate::units::human_bytes(stat.disk_bytes)
     );
 
     let _ = write!(html, "<section aria-labelledby=\"pins-h\">\n<h2 id=\"pins-h\">Pinned items</h2>\n");
@@ -347,21 +347,6 @@ pub fn escape_html(text: &str) -> String {
         }
     }
     out
-}
-
-fn human_bytes(count: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{count} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]

@@ -394,6 +394,22 @@ impl Store {
         })
     }
 
+    /// The checks every incoming block passes before anything of it is written: size,
+    /// hash against CID. Returns the index key, or `None` when there is nothing to
+    /// write (an identity CID, or a block already stored).
+    fn admit(&self, cid: &Cid, data: &[u8]) -> Result<Option<Vec<u8>>, BlockError> {
+        if data.len() > MAX_BLOCK_SIZE {
+            return Err(BlockError::TooLarge { cid: *cid, size: data.len(), limit: MAX_BLOCK_SIZE });
+        }
+        block::verify(cid, data)?;
+        if cid.hash().code() == hash_code::IDENTITY {
+            return Ok(None);
+        }
+        let key = cid.hash().to_bytes();
+        let stored = self.inner.index.contains_key(&key).map_err(db_error)?;
+        Ok((!stored).then_some(key))
+    }
+
     fn read_verified(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
         if cid.hash().code() == hash_code::IDENTITY {
             return Ok(cid.hash().digest().to_vec());
@@ -432,19 +448,10 @@ impl BlockGet for Store {
 impl BlockPut for Store {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         let _gc_guard = self.inner.gc_lock.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cid.hash().code() == hash_code::IDENTITY {
-            return block::verify(cid, data);
-        }
-        if data.len() > MAX_BLOCK_SIZE {
-            return Err(BlockError::TooLarge { cid: *cid, size: data.len(), limit: MAX_BLOCK_SIZE });
-        }
-        block::verify(cid, data)?;
-        let inner = &self.inner;
-        let db_error = |err: sled::Error| BlockError::Backend(format!("database error: {err}"));
-        let key = cid.hash().to_bytes();
-        if inner.index.contains_key(&key).map_err(db_error)? {
+        let Some(key) = self.admit(cid, data)? else {
             return Ok(());
-        }
+        };
+        let inner = &self.inner;
         let mut value = Vec::with_capacity(9 + data.len().min(INLINE_LIMIT + 1));
         if data.len() <= INLINE_LIMIT {
             value.push(TAG_INLINE);
@@ -531,18 +538,10 @@ impl WriteBatch<'_> {
 
 impl BlockPut for WriteBatch<'_> {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
-        if cid.hash().code() == hash_code::IDENTITY {
-            return block::verify(cid, data);
-        }
-        if data.len() > MAX_BLOCK_SIZE {
-            return Err(BlockError::TooLarge { cid: *cid, size: data.len(), limit: MAX_BLOCK_SIZE });
-        }
-        block::verify(cid, data)?;
-        let inner = &self.store.inner;
-        let key = cid.hash().to_bytes();
-        if inner.index.contains_key(&key).map_err(|err| BlockError::Backend(format!("database error: {err}")))? {
+        let Some(key) = self.store.admit(cid, data)? else {
             return Ok(());
-        }
+        };
+        let inner = &self.store.inner;
         let mut value = Vec::with_capacity(9 + if data.len() <= INLINE_LIMIT { data.len() } else { 0 });
         if data.len() <= INLINE_LIMIT {
             value.push(TAG_INLINE);
@@ -595,6 +594,10 @@ fn decode_reasons(value: Option<&[u8]>) -> Vec<String> {
 /// `verify` reports stored bytes that no longer match.
 fn hash_name(hash: &Multihash<64>) -> String {
     Cid::new_v1(block::codec::RAW, *hash).to_string()
+}
+
+fn db_error(err: sled::Error) -> BlockError {
+    BlockError::Backend(format!("database error: {err}"))
 }
 
 /// Bytes allocated on disk under `path`, like `du`.
