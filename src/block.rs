@@ -86,7 +86,15 @@ pub trait BlockGet {
 
 /// Something blocks can be written to. Writers may be called from several threads.
 pub trait BlockPut: Sync {
+    /// Writes a block from anywhere: implementations that store it check it against its
+    /// CID first.
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError>;
+
+    /// Writes a block whose CID the caller has just computed from these very bytes (the
+    /// importer), so the writer may skip hashing them a second time.
+    fn put_hashed_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+        self.put_block(cid, data)
+    }
 }
 
 impl<T: BlockGet + ?Sized> BlockGet for &T {
@@ -98,6 +106,10 @@ impl<T: BlockGet + ?Sized> BlockGet for &T {
 impl<T: BlockPut + ?Sized> BlockPut for &T {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         (**self).put_block(cid, data)
+    }
+
+    fn put_hashed_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+        (**self).put_hashed_block(cid, data)
     }
 }
 

@@ -33,6 +33,9 @@ pub const INLINE_LIMIT: usize = 16 * 1024;
 /// the IPFS ecosystem treats 2 MiB as the upper bound for a block).
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;
 
+/// Block file bytes a write batch lets accumulate before it starts a background sync.
+const BACKGROUND_SYNC_BYTES: u64 = 128 * 1024 * 1024;
+
 /// Inline bytes a write batch holds in memory before handing them to sled early.
 const PENDING_INLINE_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -175,6 +178,8 @@ impl Store {
             pending: Mutex::new(Vec::new()),
             pending_inline_bytes: AtomicU64::new(0),
             wrote_files: AtomicBool::new(false),
+            unsynced_file_bytes: AtomicU64::new(0),
+            background_sync: Mutex::new(None),
         }
     }
 
@@ -397,11 +402,13 @@ impl Store {
     /// The checks every incoming block passes before anything of it is written: size,
     /// hash against CID. Returns the index key, or `None` when there is nothing to
     /// write (an identity CID, or a block already stored).
-    fn admit(&self, cid: &Cid, data: &[u8]) -> Result<Option<Vec<u8>>, BlockError> {
+    fn admit(&self, cid: &Cid, data: &[u8], hashed_by_caller: bool) -> Result<Option<Vec<u8>>, BlockError> {
         if data.len() > MAX_BLOCK_SIZE {
             return Err(BlockError::TooLarge { cid: *cid, size: data.len(), limit: MAX_BLOCK_SIZE });
         }
-        block::verify(cid, data)?;
+        if !hashed_by_caller {
+            block::verify(cid, data)?;
+        }
         if cid.hash().code() == hash_code::IDENTITY {
             return Ok(None);
         }
@@ -448,7 +455,7 @@ impl BlockGet for Store {
 impl BlockPut for Store {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         let _gc_guard = self.inner.gc_lock.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(key) = self.admit(cid, data)? else {
+        let Some(key) = self.admit(cid, data, false)? else {
             return Ok(());
         };
         let inner = &self.inner;
@@ -480,6 +487,8 @@ pub struct WriteBatch<'a> {
     pending: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
     pending_inline_bytes: AtomicU64,
     wrote_files: AtomicBool,
+    unsynced_file_bytes: AtomicU64,
+    background_sync: Mutex<Option<std::thread::JoinHandle<io::Result<()>>>>,
 }
 
 impl WriteBatch<'_> {
@@ -487,6 +496,11 @@ impl WriteBatch<'_> {
     /// file is synced before any index entry names it.
     pub fn commit(self) -> Result<(), StoreError> {
         let inner = &self.store.inner;
+        let in_flight = self.background_sync.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = in_flight {
+            // Its outcome does not matter: the sync below covers everything it did.
+            let _ = handle.join();
+        }
         if self.wrote_files.load(Ordering::Acquire) {
             inner.dir.sync().map_err(|source| StoreError::Io {
                 action: "sync block directory",
@@ -515,6 +529,17 @@ impl WriteBatch<'_> {
         Ok(())
     }
 
+    /// Starts a background sync unless one is still running.
+    fn start_background_sync(&self) {
+        let mut slot = self.background_sync.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|handle| !handle.is_finished()) {
+            return;
+        }
+        self.unsynced_file_bytes.store(0, Ordering::Release);
+        // A sync that cannot start is not an error: the commit syncs anyway.
+        *slot = self.store.inner.dir.sync_in_background().ok();
+    }
+
     fn spill_inline(&self) -> Result<(), BlockError> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
@@ -538,7 +563,17 @@ impl WriteBatch<'_> {
 
 impl BlockPut for WriteBatch<'_> {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
-        let Some(key) = self.store.admit(cid, data)? else {
+        self.put(cid, data, false)
+    }
+
+    fn put_hashed_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
+        self.put(cid, data, true)
+    }
+}
+
+impl WriteBatch<'_> {
+    fn put(&self, cid: &Cid, data: &[u8], hashed_by_caller: bool) -> Result<(), BlockError> {
+        let Some(key) = self.store.admit(cid, data, hashed_by_caller)? else {
             return Ok(());
         };
         let inner = &self.store.inner;
@@ -560,6 +595,10 @@ impl BlockPut for WriteBatch<'_> {
                 ))
             })?;
             self.wrote_files.store(true, Ordering::Release);
+            let unsynced = self.unsynced_file_bytes.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
+            if unsynced >= BACKGROUND_SYNC_BYTES {
+                self.start_background_sync();
+            }
             value.push(TAG_FILE);
             value.extend_from_slice(&(data.len() as u64).to_le_bytes());
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((key, value));

@@ -215,7 +215,7 @@ pub(crate) fn store_node(
 ) -> Result<(Cid, usize), BlockError> {
     let bytes = node.encode();
     let cid = if cid_version == 0 { cid_v0(&bytes) } else { cid_v1(codec::DAG_PB, &bytes) };
-    sink.put_block(&cid, &bytes)?;
+    sink.put_hashed_block(&cid, &bytes)?;
     Ok((cid, bytes.len()))
 }
 
@@ -320,12 +320,12 @@ fn hash_leaf(chunk: &[u8], profile: &Profile, sink: &impl BlockPut) -> Result<Ch
     if profile.raw_leaves {
         // Raw blocks can only be named by CIDv1, whatever the profile's version.
         let cid = cid_v1(codec::RAW, chunk);
-        sink.put_block(&cid, chunk)?;
+        sink.put_hashed_block(&cid, chunk)?;
         return Ok(Child { cid, tsize: file_bytes, file_bytes });
     }
     let block = file_leaf_block(chunk);
     let cid = if profile.cid_version == 0 { cid_v0(&block) } else { cid_v1(codec::DAG_PB, &block) };
-    sink.put_block(&cid, &block)?;
+    sink.put_hashed_block(&cid, &block)?;
     Ok(Child { cid, tsize: block.len() as u64, file_bytes })
 }
 
