@@ -124,7 +124,8 @@ pub struct RecordArgs {
     /// Language of the work (BCP 47, e.g. en, sw, ar, pt-BR)
     #[arg(long, value_name = "TAG")]
     pub language: Option<String>,
-    #[arg(long)]
+    /// A few sentences on what the work is and how to use it
+    #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
     /// learningResourceType, e.g. "lesson plan" (repeatable)
     #[arg(long = "type", value_name = "TYPE")]
