@@ -124,12 +124,18 @@ pub struct MemoryBlocks {
 impl MemoryBlocks {
     /// A block set that keeps every block's bytes.
     pub fn new() -> Self {
-        MemoryBlocks { blocks: Mutex::default(), keep_data: true }
+        MemoryBlocks {
+            blocks: Mutex::default(),
+            keep_data: true,
+        }
     }
 
     /// A sink that only counts: the bytes are dropped once hashed.
     pub fn discarding() -> Self {
-        MemoryBlocks { blocks: Mutex::default(), keep_data: false }
+        MemoryBlocks {
+            blocks: Mutex::default(),
+            keep_data: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -141,11 +147,15 @@ impl MemoryBlocks {
     }
 
     pub fn into_blocks(self) -> HashMap<Cid, Vec<u8>> {
-        self.blocks.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.blocks
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, Vec<u8>>> {
-        self.blocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.blocks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -154,7 +164,11 @@ impl BlockGet for MemoryBlocks {
         if cid.hash().code() == hash_code::IDENTITY {
             return Ok(cid.hash().digest().to_vec());
         }
-        let data = self.lock().get(cid).cloned().ok_or(BlockError::NotFound(*cid))?;
+        let data = self
+            .lock()
+            .get(cid)
+            .cloned()
+            .ok_or(BlockError::NotFound(*cid))?;
         verify(cid, &data)?;
         Ok(data)
     }
@@ -162,7 +176,11 @@ impl BlockGet for MemoryBlocks {
 
 impl BlockPut for MemoryBlocks {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
-        let stored = if self.keep_data { data.to_vec() } else { Vec::new() };
+        let stored = if self.keep_data {
+            data.to_vec()
+        } else {
+            Vec::new()
+        };
         self.lock().insert(*cid, stored);
         Ok(())
     }
@@ -188,6 +206,9 @@ mod tests {
     fn verify_rejects_flipped_bit() {
         let cid = cid_v1(codec::RAW, b"hello world");
         assert!(verify(&cid, b"hello world").is_ok());
-        assert!(matches!(verify(&cid, b"hello worle"), Err(BlockError::Corrupt(_))));
+        assert!(matches!(
+            verify(&cid, b"hello worle"),
+            Err(BlockError::Corrupt(_))
+        ));
     }
 }

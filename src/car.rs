@@ -149,12 +149,18 @@ impl<R: Read> CarReader<R> {
         };
         let len = reader
             .read_varint("header length")?
-            .ok_or(CarError::Truncated { what: "header length", offset: 0 })?;
+            .ok_or(CarError::Truncated {
+                what: "header length",
+                offset: 0,
+            })?;
         if len == 0 {
             return Err(CarError::BadHeader("zero-length header".into()));
         }
         if len > MAX_HEADER_BYTES {
-            return Err(CarError::HeaderTooLarge { len, limit: MAX_HEADER_BYTES });
+            return Err(CarError::HeaderTooLarge {
+                len,
+                limit: MAX_HEADER_BYTES,
+            });
         }
         let start = reader.offset;
         let header = reader.read_exact_vec(len as usize, "header", start)?;
@@ -191,16 +197,23 @@ impl<R: Read> CarReader<R> {
             return Ok(None);
         };
         if len > MAX_SECTION_BYTES {
-            return Err(CarError::SectionTooLarge { offset: start, len, limit: MAX_SECTION_BYTES });
+            return Err(CarError::SectionTooLarge {
+                offset: start,
+                len,
+                limit: MAX_SECTION_BYTES,
+            });
         }
         let mut section = self.read_exact_vec(len as usize, "section", start)?;
         let mut rest = section.as_slice();
         let cid = Cid::read_bytes(&mut rest).map_err(|_| CarError::BadCid { offset: start })?;
         let cid_len = section.len() - rest.len();
         if rest.len() > MAX_BLOCK_BYTES {
-            return Err(
-                BlockError::TooLarge { cid, size: rest.len(), limit: MAX_BLOCK_BYTES }.into()
-            );
+            return Err(BlockError::TooLarge {
+                cid,
+                size: rest.len(),
+                limit: MAX_BLOCK_BYTES,
+            }
+            .into());
         }
         section.drain(..cid_len);
         verify(&cid, &section)?;
@@ -216,9 +229,10 @@ impl<R: Read> CarReader<R> {
             if let Err(err) = self.input.read_exact(&mut byte) {
                 return match err.kind() {
                     io::ErrorKind::UnexpectedEof if index == 0 => Ok(None),
-                    io::ErrorKind::UnexpectedEof => {
-                        Err(CarError::Truncated { what, offset: start })
-                    }
+                    io::ErrorKind::UnexpectedEof => Err(CarError::Truncated {
+                        what,
+                        offset: start,
+                    }),
                     _ => Err(err.into()),
                 };
             }
@@ -238,10 +252,15 @@ impl<R: Read> CarReader<R> {
         start: u64,
     ) -> Result<Vec<u8>, CarError> {
         let mut buffer = vec![0u8; len];
-        self.input.read_exact(&mut buffer).map_err(|err| match err.kind() {
-            io::ErrorKind::UnexpectedEof => CarError::Truncated { what, offset: start },
-            _ => err.into(),
-        })?;
+        self.input
+            .read_exact(&mut buffer)
+            .map_err(|err| match err.kind() {
+                io::ErrorKind::UnexpectedEof => CarError::Truncated {
+                    what,
+                    offset: start,
+                },
+                _ => err.into(),
+            })?;
         self.offset += len as u64;
         Ok(buffer)
     }

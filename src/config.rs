@@ -40,9 +40,15 @@ static_peers = []
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid oermesh config: {message}")]
     Parse { path: String, message: String },
 }
@@ -91,7 +97,9 @@ impl Default for StoreSection {
 
 impl Default for AddSection {
     fn default() -> Self {
-        AddSection { profile: "unixfs-v1-2025".into() }
+        AddSection {
+            profile: "unixfs-v1-2025".into(),
+        }
     }
 }
 
@@ -108,22 +116,28 @@ impl Default for DaemonSection {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text)
-            .map_err(|err| ConfigError::Parse { path: path.display().to_string(), message: err.message().to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: err.message().to_string(),
+        })
     }
 
     /// Rewrites the trusted publishers list, keeping the file's comments and layout.
     pub fn save_trusted(path: &Path, publishers: &[String]) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let mut doc: toml_edit::DocumentMut = text
-            .parse()
-            .map_err(|err: toml_edit::TomlError| ConfigError::Parse {
-                path: path.display().to_string(),
-                message: err.message().to_string(),
-            })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut doc: toml_edit::DocumentMut =
+            text.parse()
+                .map_err(|err: toml_edit::TomlError| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: err.message().to_string(),
+                })?;
         let mut list = toml_edit::Array::new();
         for publisher in publishers {
             list.push(publisher.as_str());
@@ -135,7 +149,10 @@ impl Config {
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, doc.to_string())
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|source| ConfigError::Write { path: path.display().to_string(), source })
+            .map_err(|source| ConfigError::Write {
+                path: path.display().to_string(),
+                source,
+            })
     }
 }
 
@@ -146,7 +163,11 @@ mod tests {
     #[test]
     fn documented_defaults_match_code_defaults() {
         let parsed: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
-        assert_eq!(parsed, Config::default(), "the documented file and the code must agree");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "the documented file and the code must agree"
+        );
     }
 
     #[test]

@@ -57,11 +57,17 @@ pub enum KeyError {
     #[error("could not get random bytes for a new key: {0}")]
     Random(String),
     #[error("{path}: {source}", path = .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io { path: path.to_path_buf(), source }
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The `did:key:z6Mk...` name of an ed25519 public key.
@@ -69,7 +75,10 @@ pub fn did_key(key: &VerifyingKey) -> String {
     let mut bytes = Vec::with_capacity(34);
     bytes.extend_from_slice(&ED25519_PUB_PREFIX);
     bytes.extend_from_slice(key.as_bytes());
-    format!("{DID_KEY_PREFIX}{}", multibase::encode(Base::Base58Btc, bytes))
+    format!(
+        "{DID_KEY_PREFIX}{}",
+        multibase::encode(Base::Base58Btc, bytes)
+    )
 }
 
 /// How many parsed did:keys are remembered. Parsing costs a curve point decompression, which
@@ -84,7 +93,11 @@ fn did_cache() -> &'static Mutex<HashMap<String, VerifyingKey>> {
 /// The public key named by an ed25519 `did:key`. Only the canonical spelling is accepted, so
 /// one key has exactly one DID string (it is used as an identifier and compared as text).
 pub fn parse_did_key(did: &str) -> Result<VerifyingKey, KeyError> {
-    let lock = || did_cache().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lock = || {
+        did_cache()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
     if let Some(key) = lock().get(did) {
         return Ok(*key);
     }
@@ -98,15 +111,26 @@ pub fn parse_did_key(did: &str) -> Result<VerifyingKey, KeyError> {
 }
 
 fn parse_did_key_uncached(did: &str) -> Result<VerifyingKey, KeyError> {
-    let invalid = |reason| KeyError::InvalidDid { did: did.to_string(), reason };
-    let multibase_part = did.strip_prefix(DID_KEY_PREFIX).ok_or_else(|| invalid("does not start with did:key:"))?;
+    let invalid = |reason| KeyError::InvalidDid {
+        did: did.to_string(),
+        reason,
+    };
+    let multibase_part = did
+        .strip_prefix(DID_KEY_PREFIX)
+        .ok_or_else(|| invalid("does not start with did:key:"))?;
     if !multibase_part.starts_with('z') {
         return Err(invalid("key is not base58btc (must start with 'z')"));
     }
-    let (_, bytes) = multibase::decode(multibase_part).map_err(|_| invalid("not valid base58btc"))?;
-    let raw = bytes.strip_prefix(&ED25519_PUB_PREFIX[..]).ok_or_else(|| invalid("not an ed25519 key (multicodec 0xed)"))?;
-    let raw: &[u8; 32] = raw.try_into().map_err(|_| invalid("ed25519 key is not 32 bytes"))?;
-    let key = VerifyingKey::from_bytes(raw).map_err(|_| invalid("not a point on the ed25519 curve"))?;
+    let (_, bytes) =
+        multibase::decode(multibase_part).map_err(|_| invalid("not valid base58btc"))?;
+    let raw = bytes
+        .strip_prefix(&ED25519_PUB_PREFIX[..])
+        .ok_or_else(|| invalid("not an ed25519 key (multicodec 0xed)"))?;
+    let raw: &[u8; 32] = raw
+        .try_into()
+        .map_err(|_| invalid("ed25519 key is not 32 bytes"))?;
+    let key =
+        VerifyingKey::from_bytes(raw).map_err(|_| invalid("not a point on the ed25519 curve"))?;
     if key.is_weak() {
         return Err(invalid("small-order ed25519 key"));
     }
@@ -164,9 +188,13 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => KeyError::AlreadyExists(path.to_path_buf()),
-            _ => KeyError::Io { path: path.to_path_buf(), source: e },
+            _ => KeyError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
-    file.write_all(key_file_text(key).as_bytes()).map_err(io_error(path))?;
+    file.write_all(key_file_text(key).as_bytes())
+        .map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }
 
@@ -174,17 +202,26 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
 pub fn read_key_file(path: &Path) -> Result<SigningKey, KeyError> {
     let metadata = fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => KeyError::NotFound(path.to_path_buf()),
-        _ => KeyError::Io { path: path.to_path_buf(), source: e },
+        _ => KeyError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::TooOpen { path: path.to_path_buf(), mode });
+        return Err(KeyError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     parse_key_file_at(path, &metadata)
 }
 
 fn parse_key_file_at(path: &Path, metadata: &fs::Metadata) -> Result<SigningKey, KeyError> {
-    let malformed = |reason: String| KeyError::Malformed { path: path.to_path_buf(), reason };
+    let malformed = |reason: String| KeyError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
     if !metadata.is_file() {
         return Err(malformed("not a regular file".into()));
     }
@@ -206,12 +243,18 @@ struct KeyFileFields {
 fn parse_key_file_text(text: &str) -> Result<SigningKey, String> {
     let fields: KeyFileFields = toml::from_str(text).map_err(|e| e.message().to_string())?;
     if fields.format != KEY_FILE_FORMAT {
-        return Err(format!("format is {:?}, expected {KEY_FILE_FORMAT:?}", fields.format));
+        return Err(format!(
+            "format is {:?}, expected {KEY_FILE_FORMAT:?}",
+            fields.format
+        ));
     }
     let seed = decode_hex_32(&fields.seed).ok_or("seed is not 64 hex digits")?;
     let key = SigningKey::from_bytes(&seed);
     if did_key(&key.verifying_key()) != fields.did {
-        return Err(format!("did {} does not belong to the seed in the file", fields.did));
+        return Err(format!(
+            "did {} does not belong to the seed in the file",
+            fields.did
+        ));
     }
     Ok(key)
 }
@@ -230,7 +273,11 @@ fn decode_hex_32(text: &str) -> Option<[u8; 32]> {
 }
 
 fn ensure_key_dir(dir: &Path) -> Result<(), KeyError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error(dir))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_error(dir))
 }
 
 /// A fresh key from the operating system's random source.
@@ -246,7 +293,11 @@ pub fn generate(dir: &Path, name: &str) -> Result<KeyInfo, KeyError> {
     let key = generate_signing_key()?;
     ensure_key_dir(dir)?;
     write_key_file(&path, &key)?;
-    Ok(KeyInfo { name: name.to_string(), did: did_key(&key.verifying_key()), path })
+    Ok(KeyInfo {
+        name: name.to_string(),
+        did: did_key(&key.verifying_key()),
+        path,
+    })
 }
 
 /// Loads key `name` from `dir`.
@@ -260,7 +311,12 @@ pub fn list(dir: &Path) -> Result<Vec<KeyInfo>, KeyError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(KeyError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(KeyError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
     };
     let mut keys = Vec::new();
     for entry in entries {
@@ -269,12 +325,18 @@ pub fn list(dir: &Path) -> Result<Vec<KeyInfo>, KeyError> {
         if path.extension().and_then(|e| e.to_str()) != Some(KEY_FILE_EXTENSION) {
             continue;
         }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         if validate_key_name(name).is_err() {
             continue;
         }
         let key = read_key_file(&path)?;
-        keys.push(KeyInfo { name: name.to_string(), did: did_key(&key.verifying_key()), path: path.clone() });
+        keys.push(KeyInfo {
+            name: name.to_string(),
+            did: did_key(&key.verifying_key()),
+            path: path.clone(),
+        });
     }
     keys.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(keys)
@@ -284,7 +346,11 @@ pub fn list(dir: &Path) -> Result<Vec<KeyInfo>, KeyError> {
 pub fn export(dir: &Path, name: &str, to_path: &Path) -> Result<KeyInfo, KeyError> {
     let key = load(dir, name)?;
     write_key_file(to_path, &key)?;
-    Ok(KeyInfo { name: name.to_string(), did: did_key(&key.verifying_key()), path: to_path.to_path_buf() })
+    Ok(KeyInfo {
+        name: name.to_string(),
+        did: did_key(&key.verifying_key()),
+        path: to_path.to_path_buf(),
+    })
 }
 
 /// Imports the key file at `from_path` into `dir` as `name` (default: the file's stem).
@@ -303,12 +369,19 @@ pub fn import(dir: &Path, from_path: &Path, name: Option<&str>) -> Result<KeyInf
     let path = key_path(dir, &name)?;
     let metadata = fs::metadata(from_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => KeyError::NotFound(from_path.to_path_buf()),
-        _ => KeyError::Io { path: from_path.to_path_buf(), source: e },
+        _ => KeyError::Io {
+            path: from_path.to_path_buf(),
+            source: e,
+        },
     })?;
     let key = parse_key_file_at(from_path, &metadata)?;
     ensure_key_dir(dir)?;
     write_key_file(&path, &key)?;
-    Ok(KeyInfo { name, did: did_key(&key.verifying_key()), path })
+    Ok(KeyInfo {
+        name,
+        did: did_key(&key.verifying_key()),
+        path,
+    })
 }
 
 #[cfg(test)]
@@ -333,7 +406,9 @@ mod tests {
 
     #[test]
     fn rejects_other_multicodecs_and_bases() {
-        assert!(parse_did_key("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme").is_err());
+        assert!(
+            parse_did_key("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme").is_err()
+        );
         assert!(parse_did_key("did:web:example.org").is_err());
         assert!(parse_did_key("did:key:f00").is_err());
     }

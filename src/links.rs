@@ -42,11 +42,17 @@ pub fn links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>, LinkError> {
             Ok(node.links.into_iter().map(|link| link.cid).collect())
         }
         codec::DAG_CBOR => {
-            let value: Ipld = serde_ipld_dagcbor::from_slice(data)
-                .map_err(|err| LinkError::DagCbor { cid: *cid, reason: err.to_string() })?;
+            let value: Ipld =
+                serde_ipld_dagcbor::from_slice(data).map_err(|err| LinkError::DagCbor {
+                    cid: *cid,
+                    reason: err.to_string(),
+                })?;
             Ok(cbor_links(&value))
         }
-        other => Err(LinkError::UnsupportedCodec { cid: *cid, codec: other }),
+        other => Err(LinkError::UnsupportedCodec {
+            cid: *cid,
+            codec: other,
+        }),
     }
 }
 
@@ -96,7 +102,12 @@ where
         let data = get_verified(store, &cid).map_err(LinkError::from)?;
         let children = links(&cid, &data)?;
         visit(&cid, &data)?;
-        pending.extend(children.into_iter().rev().filter(|child| !visited.contains(child)));
+        pending.extend(
+            children
+                .into_iter()
+                .rev()
+                .filter(|child| !visited.contains(child)),
+        );
     }
     Ok(visited.len() as u64)
 }
@@ -135,7 +146,12 @@ pub fn walk_lenient<B: BlockGet + ?Sized>(
             Err(err) => return Err(err),
         };
         match links(&cid, &data) {
-            Ok(children) => stack.extend(children.into_iter().rev().filter(|child| !seen.contains(child))),
+            Ok(children) => stack.extend(
+                children
+                    .into_iter()
+                    .rev()
+                    .filter(|child| !seen.contains(child)),
+            ),
             Err(err) => report(&cid, WalkProblem::Undecodable(err.to_string())),
         }
     }
@@ -154,7 +170,10 @@ mod tests {
         let a = cid_v1(codec::RAW, b"a");
         let b = cid_v1(codec::RAW, b"b");
         let mut inner = BTreeMap::new();
-        inner.insert("deep".to_string(), Ipld::List(vec![Ipld::Integer(1), Ipld::Link(b)]));
+        inner.insert(
+            "deep".to_string(),
+            Ipld::List(vec![Ipld::Integer(1), Ipld::Link(b)]),
+        );
         let mut outer = BTreeMap::new();
         outer.insert("first".to_string(), Ipld::Link(a));
         outer.insert("second".to_string(), Ipld::Map(inner));
@@ -173,7 +192,10 @@ mod tests {
         let pb = cid_v1(codec::DAG_PB, b"\xff");
         assert!(matches!(links(&pb, b"\xff"), Err(LinkError::DagPb { .. })));
         let cbor = cid_v1(codec::DAG_CBOR, b"\xff");
-        assert!(matches!(links(&cbor, b"\xff"), Err(LinkError::DagCbor { .. })));
+        assert!(matches!(
+            links(&cbor, b"\xff"),
+            Err(LinkError::DagCbor { .. })
+        ));
     }
 
     #[test]
@@ -185,13 +207,34 @@ mod tests {
             cid
         };
         let leaf = put(codec::RAW, b"shared".to_vec());
-        let link = |cid| PbLink { cid, name: Some(String::new()), tsize: None };
-        let left = put(codec::DAG_PB, PbNode { links: vec![link(leaf)], data: None }.encode());
-        let right =
-            put(codec::DAG_PB, PbNode { links: vec![link(leaf), link(left)], data: None }.encode());
+        let link = |cid| PbLink {
+            cid,
+            name: Some(String::new()),
+            tsize: None,
+        };
+        let left = put(
+            codec::DAG_PB,
+            PbNode {
+                links: vec![link(leaf)],
+                data: None,
+            }
+            .encode(),
+        );
+        let right = put(
+            codec::DAG_PB,
+            PbNode {
+                links: vec![link(leaf), link(left)],
+                data: None,
+            }
+            .encode(),
+        );
         let root = put(
             codec::DAG_PB,
-            PbNode { links: vec![link(left), link(right)], data: None }.encode(),
+            PbNode {
+                links: vec![link(left), link(right)],
+                data: None,
+            }
+            .encode(),
         );
         let mut order = Vec::new();
         let count = walk_dag::<_, LinkError, _>(&store, &[root, leaf], |cid, _| {

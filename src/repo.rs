@@ -28,7 +28,11 @@ pub enum RepoError {
     #[error("repository {path} is in use by another oermesh process{pid}; stop it or use another --repo")]
     Locked { path: PathBuf, pid: String },
     #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -50,14 +54,21 @@ pub struct Repo {
 impl Repo {
     /// `~/.oermesh`, or `./.oermesh` where no home directory is known.
     pub fn default_path() -> PathBuf {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".oermesh")
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".oermesh")
     }
 
     /// Creates a repository at `root`. Refuses to touch a directory that already is one.
     pub fn init(root: &Path) -> Result<Repo, RepoError> {
         let io_err = |action, path: &Path| {
             let path = path.to_path_buf();
-            move |source| RepoError::Io { action, path, source }
+            move |source| RepoError::Io {
+                action,
+                path,
+                source,
+            }
         };
         if root.join("config.toml").exists() {
             return Err(RepoError::Exists(root.to_path_buf()));
@@ -68,7 +79,8 @@ impl Repo {
             crate::keys::write_key_file(&key_path, &crate::keys::generate_signing_key()?)?;
         }
         let config_path = root.join("config.toml");
-        write_new(&config_path, DEFAULT_CONFIG.as_bytes()).map_err(io_err("write", &config_path))?;
+        write_new(&config_path, DEFAULT_CONFIG.as_bytes())
+            .map_err(io_err("write", &config_path))?;
         Repo::open(root)
     }
 
@@ -80,8 +92,18 @@ impl Repo {
         }
         let lock = lock_repo(root)?;
         let config = Config::load(&config_path)?;
-        let store = Store::open(root, &StoreConfig { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
-        Ok(Repo { root: root.to_path_buf(), config, store, _lock: lock })
+        let store = Store::open(
+            root,
+            &StoreConfig {
+                cache_bytes: config.store.cache_mb * 1024 * 1024,
+            },
+        )?;
+        Ok(Repo {
+            root: root.to_path_buf(),
+            config,
+            store,
+            _lock: lock,
+        })
     }
 
     /// Opens the repository, creating it first if there is none (the daemon's start).
@@ -123,10 +145,18 @@ impl Repo {
     pub fn records(&self) -> Result<RecordBook<Store>, RepoError> {
         let mut dids = self.config.trust.publishers.clone();
         if self.keys_dir().is_dir() {
-            dids.extend(crate::keys::list(&self.keys_dir())?.into_iter().map(|key| key.did));
+            dids.extend(
+                crate::keys::list(&self.keys_dir())?
+                    .into_iter()
+                    .map(|key| key.did),
+            );
         }
         let trusted = TrustedPublishers::new(dids.iter())?;
-        Ok(RecordBook::open(self.store.db(), self.store.clone(), trusted)?)
+        Ok(RecordBook::open(
+            self.store.db(),
+            self.store.clone(),
+            trusted,
+        )?)
     }
 
     /// Garbage collection over pins and everything the record layer holds on to.
@@ -165,20 +195,37 @@ fn lock_repo(root: &Path) -> Result<File, RepoError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| RepoError::Io { action: "open", path: path.clone(), source })?;
+        .map_err(|source| RepoError::Io {
+            action: "open",
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            let pid = fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+            let pid = fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
             return Err(RepoError::Locked {
                 path: root.to_path_buf(),
                 pid: pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
             });
         }
-        Err(fs::TryLockError::Error(source)) => return Err(RepoError::Io { action: "lock", path, source }),
+        Err(fs::TryLockError::Error(source)) => {
+            return Err(RepoError::Io {
+                action: "lock",
+                path,
+                source,
+            })
+        }
     }
     file.set_len(0)
         .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
-        .map_err(|source| RepoError::Io { action: "write", path, source })?;
+        .map_err(|source| RepoError::Io {
+            action: "write",
+            path,
+            source,
+        })?;
     Ok(file)
 }

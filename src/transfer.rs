@@ -31,13 +31,27 @@ pub enum TransferError {
     #[error(transparent)]
     Links(Box<links::LinkError>),
     #[error("block {cid} in the CAR is not a valid {kind}: {source}")]
-    Invalid { cid: String, kind: Kind, source: Box<RecordError> },
+    Invalid {
+        cid: String,
+        kind: Kind,
+        source: Box<RecordError>,
+    },
     #[error(transparent)]
     Records(#[from] RecordError),
-    #[error("the CAR holds version {offered} of {collection}, older than version {known} already here")]
-    OlderVersion { collection: String, offered: u64, known: u64 },
+    #[error(
+        "the CAR holds version {offered} of {collection}, older than version {known} already here"
+    )]
+    OlderVersion {
+        collection: String,
+        offered: u64,
+        known: u64,
+    },
     #[error("the CAR does not hold the complete DAG of {root} ({missing} blocks missing, first {first})")]
-    Incomplete { root: String, missing: usize, first: String },
+    Incomplete {
+        root: String,
+        missing: usize,
+        first: String,
+    },
     #[error("no published version of {0} is known here")]
     UnknownCollection(String),
 }
@@ -99,7 +113,11 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
     for (id, (cid, bytes, head)) in newest_heads.values() {
         if let Some((known, known_cid)) = book.newest_head(id)? {
             if head.seq < known {
-                return Err(TransferError::OlderVersion { collection: id.to_string(), offered: head.seq, known });
+                return Err(TransferError::OlderVersion {
+                    collection: id.to_string(),
+                    offered: head.seq,
+                    known,
+                });
             }
             if head.seq == known && known_cid != *cid {
                 // Records the equivocation as evidence and reports it.
@@ -109,7 +127,11 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
     }
 
     // Blocks a retraction lets go of may be absent: the retracted records' content.
-    let mut retracted: HashSet<Cid> = signed.retractions.iter().map(|(_, _, r)| r.record).collect();
+    let mut retracted: HashSet<Cid> = signed
+        .retractions
+        .iter()
+        .map(|(_, _, r)| r.record)
+        .collect();
     let retracted_content: Vec<Cid> = signed
         .records
         .iter()
@@ -117,10 +139,19 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
         .map(|(_, _, record)| record.content)
         .collect();
     retracted.extend(retracted_content);
-    let is_retracted = |cid: &Cid| retracted.contains(cid) || book.is_retracted(cid).unwrap_or(false);
-    let signed_roots: HashSet<Cid> =
-        signed.heads.iter().map(|h| h.0).chain(signed.retractions.iter().map(|r| r.0)).collect();
-    let mut check_roots: Vec<Cid> = roots.iter().filter(|root| !signed_roots.contains(root)).copied().collect();
+    let is_retracted =
+        |cid: &Cid| retracted.contains(cid) || book.is_retracted(cid).unwrap_or(false);
+    let signed_roots: HashSet<Cid> = signed
+        .heads
+        .iter()
+        .map(|h| h.0)
+        .chain(signed.retractions.iter().map(|r| r.0))
+        .collect();
+    let mut check_roots: Vec<Cid> = roots
+        .iter()
+        .filter(|root| !signed_roots.contains(root))
+        .copied()
+        .collect();
     check_roots.extend(newest_heads.values().map(|(_, (_, _, head))| head.entries));
     for root in &check_roots {
         let mut missing = Vec::new();
@@ -148,7 +179,9 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
     }
     for (id, (_, bytes, _)) in newest_heads.into_values() {
         let accepted = book.accept_head(&bytes)?;
-        report.collections.push((id, accepted.seq, accepted.trusted));
+        report
+            .collections
+            .push((id, accepted.seq, accepted.trusted));
     }
     for root in roots.iter().filter(|root| !signed_roots.contains(root)) {
         if !signed.records.iter().any(|(cid, _, _)| cid == root) {
@@ -163,7 +196,11 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
 fn verify_signed(blocks: Vec<(Cid, Kind, Vec<u8>)>) -> Result<Signed, TransferError> {
     let mut signed = Signed::default();
     for (cid, kind, bytes) in blocks {
-        let invalid = |source| TransferError::Invalid { cid: cid.to_string(), kind, source: Box::new(source) };
+        let invalid = |source| TransferError::Invalid {
+            cid: cid.to_string(),
+            kind,
+            source: Box::new(source),
+        };
         match kind {
             Kind::Record => {
                 let record = Record::decode_and_verify(&bytes).map_err(invalid)?;
@@ -182,7 +219,11 @@ fn verify_signed(blocks: Vec<(Cid, Kind, Vec<u8>)>) -> Result<Signed, TransferEr
     }
     // A retraction only counts when the record's own publisher signed it.
     for (cid, _, retraction) in &signed.retractions {
-        if let Some((_, _, record)) = signed.records.iter().find(|(c, _, _)| *c == retraction.record) {
+        if let Some((_, _, record)) = signed
+            .records
+            .iter()
+            .find(|(c, _, _)| *c == retraction.record)
+        {
             if record.publisher != retraction.publisher {
                 return Err(TransferError::Invalid {
                     cid: cid.to_string(),
@@ -204,12 +245,16 @@ fn verify_signed(blocks: Vec<(Cid, Kind, Vec<u8>)>) -> Result<Signed, TransferEr
 type HeadEntry = (Cid, Vec<u8>, Head);
 
 /// The newest head of each collection in the CAR; older ones travel as history.
-fn newest_per_collection(heads: &[HeadEntry]) -> Result<BTreeMap<String, (CollectionId, HeadEntry)>, TransferError> {
+fn newest_per_collection(
+    heads: &[HeadEntry],
+) -> Result<BTreeMap<String, (CollectionId, HeadEntry)>, TransferError> {
     let mut newest: HashMap<String, (CollectionId, HeadEntry)> = HashMap::new();
     for entry in heads {
         let id = entry.2.collection_id()?;
         let key = id.to_string();
-        let replace = newest.get(&key).is_none_or(|(_, current)| entry.2.seq > current.2.seq);
+        let replace = newest
+            .get(&key)
+            .is_none_or(|(_, current)| entry.2.seq > current.2.seq);
         if replace {
             newest.insert(key, (id, entry.clone()));
         }
@@ -220,10 +265,16 @@ fn newest_per_collection(heads: &[HeadEntry]) -> Result<BTreeMap<String, (Collec
 /// Writes the newest version of a collection into a CAR: its head, the heads before it
 /// (history, without their old entry lists), the entry list, every record that is not
 /// retracted with its content, and the retractions, so the receiving node learns them.
-pub fn export_collection<W: Write>(repo: &Repo, id: &CollectionId, out: W) -> Result<ExportSummary, TransferError> {
+pub fn export_collection<W: Write>(
+    repo: &Repo,
+    id: &CollectionId,
+    out: W,
+) -> Result<ExportSummary, TransferError> {
     let book = repo.records()?;
     let store = repo.store();
-    let (_, head_cid) = book.newest_head(id)?.ok_or_else(|| TransferError::UnknownCollection(id.to_string()))?;
+    let (_, head_cid) = book
+        .newest_head(id)?
+        .ok_or_else(|| TransferError::UnknownCollection(id.to_string()))?;
     let head = Head::decode_and_verify(&store.get_block(&head_cid)?)?;
     let entries = crate::records::entries::read_all(store, &head.entries)?;
     let mut retractions = Vec::new();
@@ -238,13 +289,17 @@ pub fn export_collection<W: Write>(repo: &Repo, id: &CollectionId, out: W) -> Re
     let mut roots = vec![head_cid];
     roots.extend(&retractions);
     let mut writer = CarWriter::new(out, &roots)?;
-    let mut summary = ExportSummary { blocks: 0, bytes: 0 };
-    let mut write = |writer: &mut CarWriter<W>, cid: &Cid, data: &[u8]| -> Result<(), TransferError> {
-        writer.write_block(cid, data)?;
-        summary.blocks += 1;
-        summary.bytes += data.len() as u64;
-        Ok(())
+    let mut summary = ExportSummary {
+        blocks: 0,
+        bytes: 0,
     };
+    let mut write =
+        |writer: &mut CarWriter<W>, cid: &Cid, data: &[u8]| -> Result<(), TransferError> {
+            writer.write_block(cid, data)?;
+            summary.blocks += 1;
+            summary.bytes += data.len() as u64;
+            Ok(())
+        };
     let mut visited: HashSet<Cid> = skip;
     let mut stack = vec![head_cid];
     while let Some(cid) = stack.pop() {
@@ -253,12 +308,23 @@ pub fn export_collection<W: Write>(repo: &Repo, id: &CollectionId, out: W) -> Re
         }
         let data = links::get_verified(store, &cid)?;
         write(&mut writer, &cid, &data)?;
-        let children = if cid != head_cid && cid.codec() == codec::DAG_CBOR && kind_of(&data) == Some(Kind::Head) {
-            Head::decode_and_verify(&data)?.previous.into_iter().collect()
+        let children = if cid != head_cid
+            && cid.codec() == codec::DAG_CBOR
+            && kind_of(&data) == Some(Kind::Head)
+        {
+            Head::decode_and_verify(&data)?
+                .previous
+                .into_iter()
+                .collect()
         } else {
             links::links(&cid, &data)?
         };
-        stack.extend(children.into_iter().rev().filter(|child| !visited.contains(child)));
+        stack.extend(
+            children
+                .into_iter()
+                .rev()
+                .filter(|child| !visited.contains(child)),
+        );
     }
     // Retracted records travel without their content, so that the receiving node can
     // check that each retraction was signed by the record's own publisher.

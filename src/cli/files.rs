@@ -59,10 +59,14 @@ fn profile_for(args: &AddArgs, default_profile: &str) -> Result<Profile> {
     let name = args.profile.as_deref().unwrap_or(default_profile);
     let mut profile = Profile::by_name(name).map_err(|err| anyhow!("{err}"))?;
     if let Some(version) = args.cid_version {
-        profile = profile.with_cid_version(u64::from(version)).map_err(|err| anyhow!("{err}"))?;
+        profile = profile
+            .with_cid_version(u64::from(version))
+            .map_err(|err| anyhow!("{err}"))?;
     }
     if let Some(chunker) = &args.chunker {
-        profile = profile.with_chunker(chunker).map_err(|err| anyhow!("{err}"))?;
+        profile = profile
+            .with_chunker(chunker)
+            .map_err(|err| anyhow!("{err}"))?;
     }
     Ok(profile)
 }
@@ -110,13 +114,19 @@ pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
 
 type AddedEntries = Vec<(PathBuf, Cid)>;
 
-fn import_with_progress(args: &AddArgs, profile: &Profile, sink: &impl BlockPut) -> Result<(Imported, AddedEntries)> {
+fn import_with_progress(
+    args: &AddArgs,
+    profile: &Profile,
+    sink: &impl BlockPut,
+) -> Result<(Imported, AddedEntries)> {
     let bar = if super::show_progress() {
         let total = importer::total_bytes(&args.path, args.recursive).unwrap_or(0);
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     } else {
@@ -128,7 +138,9 @@ fn import_with_progress(args: &AddArgs, profile: &Profile, sink: &impl BlockPut)
         args.recursive,
         profile,
         sink,
-        &mut |relative: &Path, imported: &Imported| entries.push((relative.to_path_buf(), imported.cid)),
+        &mut |relative: &Path, imported: &Imported| {
+            entries.push((relative.to_path_buf(), imported.cid))
+        },
         &|done| bar.set_position(done),
     )?;
     bar.finish_and_clear();
@@ -154,7 +166,10 @@ pub fn cat(repo: &Repo, path: &str) -> Result<ExitCode> {
     let cid = reader::resolve(repo.store(), &root, &sub)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-    match reader::read_file(repo.store(), &cid, &mut out).map_err(anyhow::Error::from).and_then(|_| Ok(out.flush()?)) {
+    match reader::read_file(repo.store(), &cid, &mut out)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(out.flush()?))
+    {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
         Err(err) => Err(err),
@@ -163,7 +178,9 @@ pub fn cat(repo: &Repo, path: &str) -> Result<ExitCode> {
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -182,8 +199,16 @@ pub fn ls(repo: &Repo, path: &str) -> Result<ExitCode> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     for entry in reader::list_dir(repo.store(), &cid)? {
-        let suffix = if entry.kind == reader::EntryKind::Directory { "/" } else { "" };
-        writeln!(out, "{} {:>12} {}{suffix}", entry.cid, entry.size, entry.name)?;
+        let suffix = if entry.kind == reader::EntryKind::Directory {
+            "/"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{} {:>12} {}{suffix}",
+            entry.cid, entry.size, entry.name
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -191,16 +216,24 @@ pub fn ls(repo: &Repo, path: &str) -> Result<ExitCode> {
 pub fn export(repo: &Repo, args: ExportArgs) -> Result<ExitCode> {
     if let [only] = args.cids.as_slice() {
         if let Ok(id) = only.parse::<oermesh::records::CollectionId>() {
-            return write_car(&args.output, |out| Ok(oermesh::transfer::export_collection(repo, &id, out)?));
+            return write_car(&args.output, |out| {
+                Ok(oermesh::transfer::export_collection(repo, &id, out)?)
+            });
         }
     }
-    let roots = args.cids.iter().map(|text| output::parse_cid(text)).collect::<Result<Vec<_>>>()?;
+    let roots = args
+        .cids
+        .iter()
+        .map(|text| output::parse_cid(text))
+        .collect::<Result<Vec<_>>>()?;
     for root in &roots {
         if !repo.store().has(root)? {
             bail!("cannot export {root}: it is not in the store");
         }
     }
-    write_car(&args.output, |out| Ok(car::export_dag(repo.store(), &roots, out)?))
+    write_car(&args.output, |out| {
+        Ok(car::export_dag(repo.store(), &roots, out)?)
+    })
 }
 
 /// Writes a CAR through a temp file, so a failed export leaves no partial file behind.
@@ -210,7 +243,8 @@ fn write_car(
 ) -> Result<ExitCode> {
     let tmp = path.with_extension("car.partial");
     let result = (|| -> Result<car::ExportSummary> {
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let summary = export(&mut out)?;
         let file = out.into_inner().map_err(|err| err.into_error())?;
@@ -220,7 +254,12 @@ fn write_car(
     })();
     match result {
         Ok(summary) => {
-            println!("exported {} blocks ({}) to {}", summary.blocks, output::bytes(summary.bytes), path.display());
+            println!(
+                "exported {} blocks ({}) to {}",
+                summary.blocks,
+                output::bytes(summary.bytes),
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -241,13 +280,23 @@ pub fn import(repo: &Repo, path: &Path) -> Result<ExitCode> {
         let note = if *trusted {
             String::new()
         } else {
-            format!(" (publisher not trusted: `oermesh trust add {}` to trust it)", id.publisher_did())
+            format!(
+                " (publisher not trusted: `oermesh trust add {}` to trust it)",
+                id.publisher_did()
+            )
         };
         println!("collection {id} version {seq}{note}");
     }
     if report.records > 0 || report.retractions > 0 {
-        println!("{} records and {} retractions verified", report.records, report.retractions);
+        println!(
+            "{} records and {} retractions verified",
+            report.records, report.retractions
+        );
     }
-    println!("{} blocks ({}) verified and stored", report.blocks, output::bytes(report.bytes));
+    println!(
+        "{} blocks ({}) verified and stored",
+        report.blocks,
+        output::bytes(report.bytes)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -121,7 +121,8 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OERMESH_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("OERMESH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -139,7 +140,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init => {
             let repo = Repo::init(&repo_path)?;
-            println!("initialized oermesh repository at {}", repo.root().display());
+            println!(
+                "initialized oermesh repository at {}",
+                repo.root().display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Add(args) => files::add(&repo_path, *args),
@@ -170,10 +174,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let repo = Repo::open(&repo_path)?;
             let stat = repo.store().stat()?;
             println!("repository  {}", repo.root().display());
-            println!("blocks      {} ({} inline in the database)", stat.blocks, stat.inline_blocks);
+            println!(
+                "blocks      {} ({} inline in the database)",
+                stat.blocks, stat.inline_blocks
+            );
             println!("bytes       {} ({})", stat.bytes, output::bytes(stat.bytes));
             println!("pins        {}", stat.pins);
-            println!("disk used   {} ({})", stat.disk_bytes, output::bytes(stat.disk_bytes));
+            println!(
+                "disk used   {} ({})",
+                stat.disk_bytes,
+                output::bytes(stat.disk_bytes)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => {
@@ -186,9 +197,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "checked {} blocks ({}): {}",
                 report.blocks_checked,
                 output::bytes(report.bytes_checked),
-                if report.damage.is_empty() { "all good".to_string() } else { format!("{} problems", report.damage.len()) }
+                if report.damage.is_empty() {
+                    "all good".to_string()
+                } else {
+                    format!("{} problems", report.damage.len())
+                }
             );
-            Ok(if report.damage.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.damage.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -196,7 +215,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 fn daemon(repo_path: &std::path::Path, args: DaemonArgs) -> Result<ExitCode> {
     let (repo, created) = Repo::open_or_init(repo_path)?;
     if created {
-        println!("initialized oermesh repository at {}", repo.root().display());
+        println!(
+            "initialized oermesh repository at {}",
+            repo.root().display()
+        );
     }
     let options = oermesh::daemon::DaemonOptions {
         http_listen: args.http,
@@ -234,7 +256,9 @@ fn pin(repo: &Repo, command: PinCommand) -> Result<ExitCode> {
                 if before.is_empty() {
                     anyhow::bail!("{cid} is not pinned");
                 }
-                let left = store.unpin(&cid, Some("user")).and_then(|_| store.unpin(&cid, Some("import")))?;
+                let left = store
+                    .unpin(&cid, Some("user"))
+                    .and_then(|_| store.unpin(&cid, Some("import")))?;
                 if left.is_empty() {
                     println!("unpinned {cid}");
                 } else {

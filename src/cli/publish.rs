@@ -12,7 +12,9 @@ use ed25519_dalek::SigningKey;
 use oermesh::keys;
 use oermesh::records::book::RecordView;
 use oermesh::records::provenance;
-use oermesh::records::{Author, BasedOn, CollectionId, Educational, Entry, RecordBook, RecordDraft, RecordError};
+use oermesh::records::{
+    Author, BasedOn, CollectionId, Educational, Entry, RecordBook, RecordDraft, RecordError,
+};
 use oermesh::repo::Repo;
 use oermesh::store::Store;
 
@@ -168,7 +170,11 @@ fn signing_key(repo: &Repo, name: Option<&str>) -> Result<(String, SigningKey)> 
                 [only] => only.name.clone(),
                 several => bail!(
                     "several publisher keys ({}): choose one with --key",
-                    several.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+                    several
+                        .iter()
+                        .map(|k| k.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
         }
@@ -180,25 +186,48 @@ fn signing_key(repo: &Repo, name: Option<&str>) -> Result<(String, SigningKey)> 
 fn parse_author(text: &str) -> Result<Author> {
     let text = text.trim();
     if let Some((name, rest)) = text.split_once('<') {
-        let url = rest.strip_suffix('>').ok_or_else(|| anyhow!("author `{text}`: expected \"Name <URL>\""))?;
-        Ok(Author { name: name.trim().to_string(), url: Some(url.trim().to_string()) })
+        let url = rest
+            .strip_suffix('>')
+            .ok_or_else(|| anyhow!("author `{text}`: expected \"Name <URL>\""))?;
+        Ok(Author {
+            name: name.trim().to_string(),
+            url: Some(url.trim().to_string()),
+        })
     } else {
-        Ok(Author { name: text.to_string(), url: None })
+        Ok(Author {
+            name: text.to_string(),
+            url: None,
+        })
     }
 }
 
 /// Signs the record `add` was asked for. Returns the record CID.
 pub fn sign_for_content(repo: &Repo, content: Cid, args: &RecordArgs) -> Result<Cid> {
-    let title = args.title.clone().ok_or_else(|| anyhow!("a record needs --title"))?;
-    let licence = args.license.clone().ok_or_else(|| anyhow!("a record needs --license (an SPDX id such as CC-BY-4.0)"))?;
+    let title = args
+        .title
+        .clone()
+        .ok_or_else(|| anyhow!("a record needs --title"))?;
+    let licence = args
+        .license
+        .clone()
+        .ok_or_else(|| anyhow!("a record needs --license (an SPDX id such as CC-BY-4.0)"))?;
     if args.author.is_empty() {
         bail!("a record needs at least one --author");
     }
-    let authors = args.author.iter().map(|a| parse_author(a)).collect::<Result<Vec<_>>>()?;
+    let authors = args
+        .author
+        .iter()
+        .map(|a| parse_author(a))
+        .collect::<Result<Vec<_>>>()?;
     let based_on = args
         .based_on
         .iter()
-        .map(|text| Ok(BasedOn { record: output::parse_cid(text)?, note: args.changes.clone() }))
+        .map(|text| {
+            Ok(BasedOn {
+                record: output::parse_cid(text)?,
+                note: args.changes.clone(),
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let draft = RecordDraft {
         content,
@@ -245,7 +274,12 @@ pub fn key(repo_path: &Path, command: KeyCommand) -> Result<ExitCode> {
         }
         KeyCommand::Export { name, output } => {
             let info = keys::export(&dir, &name, &output)?;
-            println!("exported {} ({}) to {}; keep this file secret", info.name, info.did, output.display());
+            println!(
+                "exported {} ({}) to {}; keep this file secret",
+                info.name,
+                info.did,
+                output.display()
+            );
         }
         KeyCommand::Import { file, name } => {
             let info = keys::import(&dir, &file, name.as_deref())?;
@@ -282,7 +316,13 @@ fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
         .collect();
     writeln!(out, "authors      {}", authors.join(", "))?;
     match record.parsed_licence() {
-        Ok(licence) => writeln!(out, "licence      {} ({}) {}", licence.name(), licence.spdx_id(), licence.url())?,
+        Ok(licence) => writeln!(
+            out,
+            "licence      {} ({}) {}",
+            licence.name(),
+            licence.spdx_id(),
+            licence.url()
+        )?,
         Err(_) => writeln!(out, "licence      {}", record.licence)?,
     }
     if let Some(source) = &record.source {
@@ -314,7 +354,12 @@ fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
         writeln!(out, "educational  {}", educational.join("; "))?;
     }
     writeln!(out, "created      {}", record.created)?;
-    writeln!(out, "publisher    {} ({})", record.publisher, trust_mark(view.trusted))?;
+    writeln!(
+        out,
+        "publisher    {} ({})",
+        record.publisher,
+        trust_mark(view.trusted)
+    )?;
     writeln!(out, "signature    valid")?;
     if view.retracted {
         writeln!(out, "status       RETRACTED by its publisher")?;
@@ -344,16 +389,27 @@ pub fn record(repo_path: &Path, command: RecordCommand) -> Result<ExitCode> {
                     }
                     match book.show_record(&listing.cid) {
                         Ok(view) => print_record(&mut out, &view)?,
-                        Err(err) => writeln!(out, "record       {}\nsignature    INVALID: {err}", listing.cid)?,
+                        Err(err) => writeln!(
+                            out,
+                            "record       {}\nsignature    INVALID: {err}",
+                            listing.cid
+                        )?,
                     }
                 }
             }
         }
         RecordCommand::Verify { cid } => {
             let cid = output::parse_cid(&cid)?;
-            let record = book.verify_record(&cid).with_context(|| format!("record {cid} does not verify"))?;
+            let record = book
+                .verify_record(&cid)
+                .with_context(|| format!("record {cid} does not verify"))?;
             let trusted = book.is_trusted(&record.publisher);
-            writeln!(out, "{cid}: valid signature by {} ({})", record.publisher, trust_mark(trusted))?;
+            writeln!(
+                out,
+                "{cid}: valid signature by {} ({})",
+                record.publisher,
+                trust_mark(trusted)
+            )?;
             if book.is_retracted(&cid)? {
                 writeln!(out, "{cid}: retracted by its publisher")?;
                 return Ok(ExitCode::FAILURE);
@@ -376,11 +432,17 @@ pub fn provenance(repo_path: &Path, cid: &str) -> Result<ExitCode> {
     let tree = repo.records()?.provenance(&cid);
     let ok = matches!(tree.status, provenance::NodeStatus::Verified);
     print!("{}", provenance::render(&tree));
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn parse_collection_id(text: &str) -> Result<CollectionId> {
-    text.trim().parse::<CollectionId>().map_err(|err| anyhow!("{err}"))
+    text.trim()
+        .parse::<CollectionId>()
+        .map_err(|err| anyhow!("{err}"))
 }
 
 /// A record CID, or content that exactly one record describes.
@@ -409,7 +471,12 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
             repo.store().flush()?;
             writeln!(out, "created {name}: its id will be {id}")?;
         }
-        CollectionCommand::Add { name, cids, path, title } => {
+        CollectionCommand::Add {
+            name,
+            cids,
+            path,
+            title,
+        } => {
             if cids.len() > 1 && (path.is_some() || title.is_some()) {
                 bail!("--path and --title apply to one entry: add one CID at a time to set them");
             }
@@ -438,16 +505,26 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
             let published = book.publish(&name, &key)?;
             repo.store().flush()?;
             writeln!(out, "{}", published.id)?;
-            eprintln!("published version {} of {name} ({} entries), head {}", published.seq, published.entry_count, published.head);
+            eprintln!(
+                "published version {} of {name} ({} entries), head {}",
+                published.seq, published.entry_count, published.head
+            );
         }
         CollectionCommand::Show { id } => {
             let id = parse_collection_id(&id)?;
             let view = book.collection_show(&id).map_err(|err| match err {
-                RecordError::UnknownCollection(_) => anyhow!("no published version of {id} is known here"),
+                RecordError::UnknownCollection(_) => {
+                    anyhow!("no published version of {id} is known here")
+                }
                 other => other.into(),
             })?;
             writeln!(out, "collection  {}", view.id)?;
-            writeln!(out, "publisher   {} ({})", view.id.publisher_did(), trust_mark(view.trusted))?;
+            writeln!(
+                out,
+                "publisher   {} ({})",
+                view.id.publisher_did(),
+                trust_mark(view.trusted)
+            )?;
             writeln!(out, "version     {} of {}", view.seq, view.time)?;
             writeln!(out, "head        {}", view.head)?;
             writeln!(out, "entries     {}", view.entries.len())?;
@@ -455,9 +532,18 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
                 writeln!(out, "retracted   {} entries hidden", view.retracted_hidden)?;
             }
             for entry in &view.entries {
-                let licence = entry.summary.as_ref().map(|s| s.licence.as_str()).unwrap_or("(record not here)");
+                let licence = entry
+                    .summary
+                    .as_ref()
+                    .map(|s| s.licence.as_str())
+                    .unwrap_or("(record not here)");
                 let title = entry.title().unwrap_or("");
-                let path = entry.entry.path.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default();
+                let path = entry
+                    .entry
+                    .path
+                    .as_deref()
+                    .map(|p| format!(" [{p}]"))
+                    .unwrap_or_default();
                 writeln!(out, "{}  {licence}  {title}{path}", entry.entry.record)?;
             }
         }
@@ -467,17 +553,30 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
                     Some((seq, _)) => format!("version {seq}"),
                     None => "not published".to_string(),
                 };
-                let own = if listing.draft.is_some() { ", yours" } else { "" };
-                writeln!(out, "{}  {version}  ({}{own})", listing.id, trust_mark(listing.trusted))?;
+                let own = if listing.draft.is_some() {
+                    ", yours"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "{}  {version}  ({}{own})",
+                    listing.id,
+                    trust_mark(listing.trusted)
+                )?;
             }
         }
         CollectionCommand::History { id } => {
             let id = parse_collection_id(&id)?;
             for step in book.history(&id)? {
                 match step {
-                    oermesh::records::book::HistoryEntry::Version { cid, seq, time, entry_count, .. } => {
-                        writeln!(out, "{seq:>6}  {time}  {entry_count} entries  {cid}")?
-                    }
+                    oermesh::records::book::HistoryEntry::Version {
+                        cid,
+                        seq,
+                        time,
+                        entry_count,
+                        ..
+                    } => writeln!(out, "{seq:>6}  {time}  {entry_count} entries  {cid}")?,
                     oermesh::records::book::HistoryEntry::Missing { cid } => {
                         writeln!(out, "     ?  earlier versions not held here (next: {cid})")?
                     }

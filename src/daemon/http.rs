@@ -37,7 +37,8 @@ const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
 const NETWORK_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Responses other than the page load nothing at all.
-const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const API_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 const STYLE: &str = "\
 :root{font-family:system-ui,sans-serif;line-height:1.5;color:#1b1b1b;background:#fff}\
@@ -78,7 +79,12 @@ pub(super) struct PageState {
 
 impl PageState {
     pub fn new(peer_id: PeerId, store: Store, client: Client) -> PageState {
-        PageState { peer_id, store, client, snapshot: Mutex::new(None) }
+        PageState {
+            peer_id,
+            store,
+            client,
+            snapshot: Mutex::new(None),
+        }
     }
 
     /// Store figures and pins, at most [`SNAPSHOT_MAX_AGE`] old. The lock makes
@@ -96,7 +102,11 @@ impl PageState {
             let mut pins = store.pins().map_err(|err| err.to_string())?;
             let pins_total = pins.len();
             pins.truncate(PINS_SHOWN);
-            Ok(StoreSnapshot { stat, pins, pins_total })
+            Ok(StoreSnapshot {
+                stat,
+                pins,
+                pins_total,
+            })
         })
         .await
         .map_err(|err| err.to_string())??;
@@ -106,8 +116,16 @@ impl PageState {
     }
 
     async fn network(&self) -> Option<(Vec<PeerInfo>, Vec<Multiaddr>)> {
-        let ask = async { Some((self.client.peers().await.ok()?, self.client.listen_addrs().await.ok()?)) };
-        tokio::time::timeout(NETWORK_ANSWER_TIMEOUT, ask).await.ok().flatten()
+        let ask = async {
+            Some((
+                self.client.peers().await.ok()?,
+                self.client.listen_addrs().await.ok()?,
+            ))
+        };
+        tokio::time::timeout(NETWORK_ANSWER_TIMEOUT, ask)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -142,11 +160,21 @@ pub(super) async fn serve(
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(API_CSP));
-    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-cache"));
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(API_CSP));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -156,7 +184,11 @@ async fn not_found() -> Response {
 
 fn unavailable(reason: String) -> Response {
     tracing::warn!(%reason, "status unavailable");
-    (StatusCode::SERVICE_UNAVAILABLE, "the node's status is unavailable; see the daemon's log\n").into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node's status is unavailable; see the daemon's log\n",
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -193,7 +225,8 @@ async fn status(State(state): State<Arc<PageState>>) -> Response {
         Err(reason) => return unavailable(reason),
     };
     let network = state.network().await;
-    let to_strings = |addrs: &[Multiaddr]| addrs.iter().map(Multiaddr::to_string).collect::<Vec<_>>();
+    let to_strings =
+        |addrs: &[Multiaddr]| addrs.iter().map(Multiaddr::to_string).collect::<Vec<_>>();
     let body = StatusJson {
         version: env!("CARGO_PKG_VERSION"),
         peer_id: state.peer_id.to_string(),
@@ -216,7 +249,10 @@ async fn status(State(state): State<Arc<PageState>>) -> Response {
         pins: snapshot
             .pins
             .iter()
-            .map(|(cid, reasons)| PinJson { cid: cid.to_string(), reasons: reasons.clone() })
+            .map(|(cid, reasons)| PinJson {
+                cid: cid.to_string(),
+                reasons: reasons.clone(),
+            })
             .collect(),
     };
     Json(body).into_response()
@@ -230,17 +266,26 @@ async fn page(State(state): State<Arc<PageState>>) -> Response {
     let network = state.network().await;
     let html = render_page(&state.peer_id, &snapshot, network.as_ref());
     let mut response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
         html,
     )
         .into_response();
     if let Ok(csp) = HeaderValue::from_str(&PAGE_CSP) {
-        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, csp);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     response
 }
 
-fn render_page(peer_id: &PeerId, snapshot: &StoreSnapshot, network: Option<&(Vec<PeerInfo>, Vec<Multiaddr>)>) -> String {
+fn render_page(
+    peer_id: &PeerId,
+    snapshot: &StoreSnapshot,
+    network: Option<&(Vec<PeerInfo>, Vec<Multiaddr>)>,
+) -> String {
     let peer_id = escape_html(&peer_id.to_string());
     let mut html = String::with_capacity(8 * 1024);
     // `write!` into a String cannot fail.
@@ -254,17 +299,30 @@ fn render_page(peer_id: &PeerId, snapshot: &StoreSnapshot, network: Option<&(Vec
          <h1>This node</h1>\n</header>\n<main id=\"main\" tabindex=\"-1\">\n"
     );
 
-    let _ = write!(html, "<section aria-labelledby=\"node-h\">\n<h2 id=\"node-h\">Identity</h2>\n<dl>\n");
-    let _ = write!(html, "<dt>Peer ID</dt><dd><code>{peer_id}</code></dd>\n<dt>Listening on</dt><dd>");
+    let _ = write!(
+        html,
+        "<section aria-labelledby=\"node-h\">\n<h2 id=\"node-h\">Identity</h2>\n<dl>\n"
+    );
+    let _ = write!(
+        html,
+        "<dt>Peer ID</dt><dd><code>{peer_id}</code></dd>\n<dt>Listening on</dt><dd>"
+    );
     match network {
         Some((_, listen)) if !listen.is_empty() => {
-            let addrs: Vec<String> = listen.iter().map(|a| format!("<code>{}</code>", escape_html(&a.to_string()))).collect();
+            let addrs: Vec<String> = listen
+                .iter()
+                .map(|a| format!("<code>{}</code>", escape_html(&a.to_string())))
+                .collect();
             html.push_str(&addrs.join("<br>"));
         }
         Some(_) => html.push_str("No peer connections accepted (no listen address)"),
         None => html.push_str("Unknown: the network part of the node did not answer"),
     }
-    let _ = write!(html, "</dd>\n<dt>Software</dt><dd>oermesh {}</dd>\n</dl>\n</section>\n", env!("CARGO_PKG_VERSION"));
+    let _ = write!(
+        html,
+        "</dd>\n<dt>Software</dt><dd>oermesh {}</dd>\n</dl>\n</section>\n",
+        env!("CARGO_PKG_VERSION")
+    );
 
     let stat = &snapshot.stat;
     let _ = write!(
@@ -278,7 +336,10 @@ fn render_page(peer_id: &PeerId, snapshot: &StoreSnapshot, network: Option<&(Vec
         crate::units::human_bytes(stat.disk_bytes)
     );
 
-    let _ = write!(html, "<section aria-labelledby=\"pins-h\">\n<h2 id=\"pins-h\">Pinned items</h2>\n");
+    let _ = write!(
+        html,
+        "<section aria-labelledby=\"pins-h\">\n<h2 id=\"pins-h\">Pinned items</h2>\n"
+    );
     if snapshot.pins.is_empty() {
         html.push_str("<p>Nothing is pinned yet. Add files with <code>oermesh add</code>.</p>\n");
     } else {
@@ -303,7 +364,10 @@ fn render_page(peer_id: &PeerId, snapshot: &StoreSnapshot, network: Option<&(Vec
     }
     html.push_str("</section>\n");
 
-    let _ = write!(html, "<section aria-labelledby=\"peers-h\">\n<h2 id=\"peers-h\">Connected peers</h2>\n");
+    let _ = write!(
+        html,
+        "<section aria-labelledby=\"peers-h\">\n<h2 id=\"peers-h\">Connected peers</h2>\n"
+    );
     match network {
         None => html.push_str("<p>Unknown: the network part of the node did not answer.</p>\n"),
         Some((peers, _)) if peers.is_empty() => {
@@ -354,12 +418,19 @@ mod tests {
     use super::*;
 
     fn snapshot_with(pins: Vec<(Cid, Vec<String>)>, pins_total: usize) -> StoreSnapshot {
-        StoreSnapshot { stat: StoreStat::default(), pins, pins_total }
+        StoreSnapshot {
+            stat: StoreStat::default(),
+            pins,
+            pins_total,
+        }
     }
 
     #[test]
     fn escaping_covers_markup_and_both_quotes() {
-        assert_eq!(escape_html(r#"<a href="x" title='y'>&</a>"#), "&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;");
+        assert_eq!(
+            escape_html(r#"<a href="x" title='y'>&</a>"#),
+            "&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
+        );
     }
 
     #[test]
@@ -371,7 +442,11 @@ mod tests {
             agent_version: Some("<script>alert(1)</script>".into()),
             rtt: Some(Duration::from_millis(3)),
         };
-        let html = render_page(&peer_id, &snapshot_with(vec![], 0), Some(&(vec![hostile], vec![])));
+        let html = render_page(
+            &peer_id,
+            &snapshot_with(vec![], 0),
+            Some(&(vec![hostile], vec![])),
+        );
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("3 ms"));
@@ -384,25 +459,44 @@ mod tests {
         for landmark in ["<header>", "<main id=\"main\"", "<footer>"] {
             assert!(html.contains(landmark), "missing {landmark}");
         }
-        assert!(html.find("href=\"#main\"").unwrap() < html.find("<header>").unwrap(), "skip link comes first");
-        let levels: Vec<u8> =
-            html.match_indices("<h").filter_map(|(i, _)| html.as_bytes().get(i + 2).copied()).filter(u8::is_ascii_digit).collect();
+        assert!(
+            html.find("href=\"#main\"").unwrap() < html.find("<header>").unwrap(),
+            "skip link comes first"
+        );
+        let levels: Vec<u8> = html
+            .match_indices("<h")
+            .filter_map(|(i, _)| html.as_bytes().get(i + 2).copied())
+            .filter(u8::is_ascii_digit)
+            .collect();
         assert_eq!(levels.first(), Some(&b'1'));
-        assert!(levels.windows(2).all(|w| w[1] <= w[0] + 1), "headings skip a level: {levels:?}");
-        assert!(!html.contains("<script"), "the page works without JavaScript");
+        assert!(
+            levels.windows(2).all(|w| w[1] <= w[0] + 1),
+            "headings skip a level: {levels:?}"
+        );
+        assert!(
+            !html.contains("<script"),
+            "the page works without JavaScript"
+        );
     }
 
     #[test]
     fn long_pin_lists_are_cut_and_counted() {
         let cid = crate::block::cid_v1(crate::block::codec::RAW, b"x");
-        let html = render_page(&PeerId::random(), &snapshot_with(vec![(cid, vec!["user".into()])], 900), None);
+        let html = render_page(
+            &PeerId::random(),
+            &snapshot_with(vec![(cid, vec!["user".into()])], 900),
+            None,
+        );
         assert!(html.contains(&cid.to_string()));
         assert!(html.contains("Showing the first 1 of 900 pinned items."));
     }
 
     #[test]
     fn the_style_hash_in_the_policy_is_the_inline_style_sheet() {
-        let expected = cid::multibase::encode(cid::multibase::Base::Base64Pad, Sha256::digest(STYLE.as_bytes()));
+        let expected = cid::multibase::encode(
+            cid::multibase::Base::Base64Pad,
+            Sha256::digest(STYLE.as_bytes()),
+        );
         assert!(PAGE_CSP.contains(&format!("'sha256-{}'", &expected[1..])));
         assert!(PAGE_CSP.starts_with("default-src 'none'"));
     }

@@ -27,11 +27,18 @@ const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("config key daemon.{key}: `{value}` is not a valid {expected}")]
-    Config { key: &'static str, value: String, expected: &'static str },
+    Config {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("cannot serve the web page on {addr}: {source}")]
-    Http { addr: String, source: std::io::Error },
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot flush the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen for shutdown signals: {0}")]
@@ -57,14 +64,19 @@ struct Settings {
 
 impl DaemonOptions {
     fn resolve(self, config: &DaemonSection) -> Result<Settings, DaemonError> {
-        let parse_all = |key: &'static str, values: &[String]| -> Result<Vec<Multiaddr>, DaemonError> {
-            values
-                .iter()
-                .map(|value| {
-                    value.parse().map_err(|_| DaemonError::Config { key, value: value.clone(), expected: "multiaddr" })
-                })
-                .collect()
-        };
+        let parse_all =
+            |key: &'static str, values: &[String]| -> Result<Vec<Multiaddr>, DaemonError> {
+                values
+                    .iter()
+                    .map(|value| {
+                        value.parse().map_err(|_| DaemonError::Config {
+                            key,
+                            value: value.clone(),
+                            expected: "multiaddr",
+                        })
+                    })
+                    .collect()
+            };
         let listen = match self.listen {
             Some(listen) => listen,
             None => parse_all("listen", &config.listen)?,
@@ -74,8 +86,14 @@ impl DaemonOptions {
             None => parse_all("static_peers", &config.static_peers)?,
         };
         Ok(Settings {
-            http_listen: self.http_listen.unwrap_or_else(|| config.http_listen.clone()),
-            net: NetConfig { listen, mdns: self.mdns.unwrap_or(config.mdns), static_peers },
+            http_listen: self
+                .http_listen
+                .unwrap_or_else(|| config.http_listen.clone()),
+            net: NetConfig {
+                listen,
+                mdns: self.mdns.unwrap_or(config.mdns),
+                static_peers,
+            },
         })
     }
 }
@@ -102,16 +120,30 @@ impl Daemon {
         let peer_id = keypair.public().to_peer_id();
         let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
             .await
-            .map_err(|source| DaemonError::Http { addr: settings.http_listen.clone(), source })?;
+            .map_err(|source| DaemonError::Http {
+                addr: settings.http_listen.clone(),
+                source,
+            })?;
         let http_addr = http_listener
             .local_addr()
-            .map_err(|source| DaemonError::Http { addr: settings.http_listen.clone(), source })?;
+            .map_err(|source| DaemonError::Http {
+                addr: settings.http_listen.clone(),
+                source,
+            })?;
         let (client, event_loop, listen_addrs) = net::start(keypair, settings.net).await?;
 
         let (shutdown, shutdown_signal) = watch::channel(false);
         let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
-        let page_state = Arc::new(http::PageState::new(peer_id, repo.store().clone(), client.clone()));
-        let http_task = tokio::spawn(http::serve(http_listener, page_state.clone(), shutdown_signal));
+        let page_state = Arc::new(http::PageState::new(
+            peer_id,
+            repo.store().clone(),
+            client.clone(),
+        ));
+        let http_task = tokio::spawn(http::serve(
+            http_listener,
+            page_state.clone(),
+            shutdown_signal,
+        ));
         Ok(Daemon {
             repo,
             peer_id,
@@ -165,7 +197,11 @@ impl Daemon {
         let listen = if self.listen_addrs.is_empty() {
             "no peer address".to_string()
         } else {
-            self.listen_addrs.iter().map(Multiaddr::to_string).collect::<Vec<_>>().join(", ")
+            self.listen_addrs
+                .iter()
+                .map(Multiaddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         format!(
             "oermesh daemon: repository {}, peer {}, listening on {}, web page {}",
@@ -179,7 +215,8 @@ impl Daemon {
     /// Resolves when a task ends on its own (a panic or a server failure). A running
     /// daemon never gets here; callers race it against their stop signal.
     pub async fn task_ended(&mut self) -> DaemonError {
-        let (Some(net_task), Some(http_task)) = (self.net_task.as_mut(), self.http_task.as_mut()) else {
+        let (Some(net_task), Some(http_task)) = (self.net_task.as_mut(), self.http_task.as_mut())
+        else {
             return DaemonError::TaskEnded("daemon");
         };
         let which = tokio::select! {
@@ -214,7 +251,9 @@ impl Daemon {
                 Ok(Err(err)) => tracing::warn!(%err, "web server task failed"),
                 Ok(Ok(Ok(()))) => {}
                 Err(_) => {
-                    tracing::warn!("requests still open after {HTTP_DRAIN_TIMEOUT:?}; closing them");
+                    tracing::warn!(
+                        "requests still open after {HTTP_DRAIN_TIMEOUT:?}; closing them"
+                    );
                     http_task.abort();
                     let _ = http_task.await;
                 }
@@ -295,9 +334,16 @@ mod tests {
         };
         let overridden = options.resolve(&config).unwrap();
         assert_eq!(overridden.http_listen, "127.0.0.1:0");
-        assert!(!overridden.net.mdns && overridden.net.listen.is_empty() && overridden.net.static_peers.is_empty());
+        assert!(
+            !overridden.net.mdns
+                && overridden.net.listen.is_empty()
+                && overridden.net.static_peers.is_empty()
+        );
 
-        let broken = DaemonSection { static_peers: vec!["192.168.1.20:4001".into()], ..config };
+        let broken = DaemonSection {
+            static_peers: vec!["192.168.1.20:4001".into()],
+            ..config
+        };
         let err = DaemonOptions::default().resolve(&broken).err().unwrap();
         assert!(err.to_string().contains("daemon.static_peers"), "{err}");
     }

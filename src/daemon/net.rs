@@ -17,7 +17,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{connection_limits, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{
+    connection_limits, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -90,7 +92,10 @@ pub struct PeerInfo {
 
 /// Reads the node identity from `node.key`, an ed25519 key file like a publisher's.
 pub fn read_node_key(path: &Path) -> Result<Keypair, NetError> {
-    let failure = |reason: String| NetError::NodeKey { path: path.to_path_buf(), reason };
+    let failure = |reason: String| NetError::NodeKey {
+        path: path.to_path_buf(),
+        reason,
+    };
     let key = crate::keys::read_key_file(path).map_err(|err| failure(err.to_string()))?;
     let mut seed = key.to_bytes();
     Keypair::ed25519_from_bytes(&mut seed).map_err(|err| failure(err.to_string()))
@@ -120,17 +125,30 @@ impl Client {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
 
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| NetError::Stopped)?;
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| NetError::Stopped)?;
         answer.await.map_err(|_| NetError::Stopped)
     }
 }
 
 enum Command {
-    Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
-    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, NetError>> },
-    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
 }
 
 #[derive(NetworkBehaviour)]
@@ -143,11 +161,18 @@ struct NodeBehaviour {
 
 /// Builds the swarm, starts every listener and waits until each has an address.
 /// Returns the handle, the loop to spawn, and the addresses bound.
-pub async fn start(keypair: Keypair, config: NetConfig) -> Result<(Client, EventLoop, Vec<Multiaddr>), NetError> {
+pub async fn start(
+    keypair: Keypair,
+    config: NetConfig,
+) -> Result<(Client, EventLoop, Vec<Multiaddr>), NetError> {
     let local_peer_id = keypair.public().to_peer_id();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|err| NetError::Transport(err.to_string()))?
         .with_behaviour(|key| {
             let limits = connection_limits::ConnectionLimits::default()
@@ -157,7 +182,10 @@ pub async fn start(keypair: Keypair, config: NetConfig) -> Result<(Client, Event
                 .with_max_established(Some(MAX_ESTABLISHED))
                 .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
             let mdns = if config.mdns {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local_peer_id)?)
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    local_peer_id,
+                )?)
             } else {
                 None
             };
@@ -183,7 +211,11 @@ pub async fn start(keypair: Keypair, config: NetConfig) -> Result<(Client, Event
         commands: command_queue,
         pending_dials: HashMap::new(),
         peers: BTreeMap::new(),
-        static_peers: config.static_peers.into_iter().map(StaticPeer::new).collect(),
+        static_peers: config
+            .static_peers
+            .into_iter()
+            .map(StaticPeer::new)
+            .collect(),
     };
     let bound = event_loop.listen(config.listen).await?;
     Ok((Client { commands }, event_loop, bound))
@@ -248,7 +280,10 @@ impl EventLoop {
             let listener = self
                 .swarm
                 .listen_on(addr.clone())
-                .map_err(|err| NetError::Listen { addr: addr.clone(), reason: err.to_string() })?;
+                .map_err(|err| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: err.to_string(),
+                })?;
             waiting.insert(listener, addr);
         }
         let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
@@ -322,7 +357,10 @@ impl EventLoop {
             }
             Command::Dial { addr, reply } => {
                 let opts = dial_opts(&addr);
-                if let Some(peer_id) = opts.get_peer_id().filter(|peer_id| self.swarm.is_connected(peer_id)) {
+                if let Some(peer_id) = opts
+                    .get_peer_id()
+                    .filter(|peer_id| self.swarm.is_connected(peer_id))
+                {
                     let _ = reply.send(Ok(peer_id));
                     return;
                 }
@@ -332,7 +370,10 @@ impl EventLoop {
                         self.pending_dials.insert(connection, (addr, reply));
                     }
                     Err(err) => {
-                        let _ = reply.send(Err(NetError::Dial { addr, reason: err.to_string() }));
+                        let _ = reply.send(Err(NetError::Dial {
+                            addr,
+                            reason: err.to_string(),
+                        }));
                     }
                 }
             }
@@ -346,27 +387,47 @@ impl EventLoop {
                 let mut addresses: Vec<Multiaddr> = peer.connections.values().cloned().collect();
                 addresses.sort();
                 addresses.dedup();
-                PeerInfo { peer_id: *peer_id, addresses, agent_version: peer.agent_version.clone(), rtt: peer.rtt }
+                PeerInfo {
+                    peer_id: *peer_id,
+                    addresses,
+                    agent_version: peer.agent_version.clone(),
+                    rtt: peer.rtt,
+                }
             })
             .collect()
     }
 
     fn handle_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 tracing::info!(%peer_id, address = %endpoint.get_remote_address(), "connected");
                 let mut address = endpoint.get_remote_address().clone();
                 // The peer id is shown on its own; a dialled address repeats it.
                 if matches!(address.iter().last(), Some(Protocol::P2p(_))) {
                     address.pop();
                 }
-                self.peers.entry(peer_id).or_default().connections.insert(connection_id, address);
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .connections
+                    .insert(connection_id, address);
                 if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
                 self.static_peer_connected(peer_id, connection_id);
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
                     peer.connections.remove(&connection_id);
                     if peer.connections.is_empty() {
@@ -378,9 +439,16 @@ impl EventLoop {
                     self.static_peer_disconnected(peer_id);
                 }
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Err(NetError::Dial { addr, reason: error.to_string() }));
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr,
+                        reason: error.to_string(),
+                    }));
                 }
                 if let Some(static_peer) = self
                     .static_peers
@@ -394,12 +462,21 @@ impl EventLoop {
                     static_peer.retry_later();
                 }
             }
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
-                    peer.agent_version = Some(info.agent_version.chars().take(MAX_AGENT_CHARS).collect());
+                    peer.agent_version =
+                        Some(info.agent_version.chars().take(MAX_AGENT_CHARS).collect());
                 }
             }
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
                 if let Some(peer) = self.peers.get_mut(&peer) {
                     peer.rtt = Some(rtt);
                 }
@@ -413,7 +490,9 @@ impl EventLoop {
                     if !self.swarm.is_connected(&peer_id) {
                         tracing::debug!(%peer_id, "found on the local network");
                         // Refused only when a dial to that peer is already under way.
-                        let _ = self.swarm.dial(DialOpts::peer_id(peer_id).addresses(addresses).build());
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer_id).addresses(addresses).build());
                     }
                 }
             }
@@ -426,7 +505,9 @@ impl EventLoop {
     fn dial_due_static_peers(&mut self) {
         let now = Instant::now();
         for static_peer in &mut self.static_peers {
-            let StaticState::Due(when) = static_peer.state else { continue };
+            let StaticState::Due(when) = static_peer.state else {
+                continue;
+            };
             if when > now {
                 continue;
             }
@@ -454,8 +535,13 @@ impl EventLoop {
             if ours {
                 static_peer.known_id = Some(peer_id);
             }
-            if ours || (static_peer.known_id == Some(peer_id) && !matches!(static_peer.state, StaticState::Connected { .. })) {
-                static_peer.state = StaticState::Connected { since: Instant::now() };
+            if ours
+                || (static_peer.known_id == Some(peer_id)
+                    && !matches!(static_peer.state, StaticState::Connected { .. }))
+            {
+                static_peer.state = StaticState::Connected {
+                    since: Instant::now(),
+                };
             }
         }
     }
@@ -480,7 +566,9 @@ impl EventLoop {
 /// another identity is refused.
 fn dial_opts(addr: &Multiaddr) -> DialOpts {
     match addr.iter().last() {
-        Some(Protocol::P2p(peer_id)) => DialOpts::peer_id(peer_id).addresses(vec![addr.clone()]).build(),
+        Some(Protocol::P2p(peer_id)) => DialOpts::peer_id(peer_id)
+            .addresses(vec![addr.clone()])
+            .build(),
         _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
     }
 }
@@ -494,14 +582,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
         std::fs::write(&path, [7u8; 32]).unwrap();
-        assert!(matches!(read_node_key(&path), Err(NetError::NodeKey { .. })));
+        assert!(matches!(
+            read_node_key(&path),
+            Err(NetError::NodeKey { .. })
+        ));
         std::fs::remove_file(&path).unwrap();
         let key = crate::keys::generate_signing_key().unwrap();
         crate::keys::write_key_file(&path, &key).unwrap();
         let first = read_node_key(&path).unwrap().public().to_peer_id();
         let again = read_node_key(&path).unwrap().public().to_peer_id();
         assert_eq!(first, again, "the same key file gives the same peer id");
-        let expected = Keypair::ed25519_from_bytes(key.to_bytes()).unwrap().public().to_peer_id();
+        let expected = Keypair::ed25519_from_bytes(key.to_bytes())
+            .unwrap()
+            .public()
+            .to_peer_id();
         assert_eq!(first, expected);
     }
 
@@ -513,7 +607,10 @@ mod tests {
             waits.push(peer.backoff);
             peer.retry_later();
         }
-        assert_eq!(waits[..3], [REDIAL_FIRST, REDIAL_FIRST * 2, REDIAL_FIRST * 4]);
+        assert_eq!(
+            waits[..3],
+            [REDIAL_FIRST, REDIAL_FIRST * 2, REDIAL_FIRST * 4]
+        );
         assert_eq!(peer.backoff, REDIAL_MAX);
     }
 
@@ -523,6 +620,9 @@ mod tests {
         let peer = StaticPeer::new(format!("/ip4/10.0.0.2/tcp/4001/p2p/{id}").parse().unwrap());
         assert_eq!(peer.known_id, Some(id));
         assert_eq!(dial_opts(&peer.addr).get_peer_id(), Some(id));
-        assert_eq!(dial_opts(&"/ip4/10.0.0.2/tcp/4001".parse().unwrap()).get_peer_id(), None);
+        assert_eq!(
+            dial_opts(&"/ip4/10.0.0.2/tcp/4001".parse().unwrap()).get_peer_id(),
+            None
+        );
     }
 }

@@ -29,7 +29,11 @@ impl BlockDir {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        Ok(BlockDir { blocks, tmp, next_tmp: AtomicU64::new(0) })
+        Ok(BlockDir {
+            blocks,
+            tmp,
+            next_tmp: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -58,9 +62,11 @@ impl BlockDir {
 
     fn write_file(&self, hash: &Multihash<64>, data: &[u8], durable: bool) -> io::Result<()> {
         let final_path = self.path_of(hash);
-        let tmp_path = self
-            .tmp
-            .join(format!("{}-{}", std::process::id(), self.next_tmp.fetch_add(1, Ordering::Relaxed)));
+        let tmp_path = self.tmp.join(format!(
+            "{}-{}",
+            std::process::id(),
+            self.next_tmp.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = (|| {
             let mut file = File::create(&tmp_path)?;
             file.write_all(data)?;
@@ -108,7 +114,9 @@ impl BlockDir {
     /// last; this only leaves it less to wait for.
     pub(crate) fn sync_in_background(&self) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
         let dir = File::open(&self.blocks)?;
-        std::thread::Builder::new().name("oermesh-sync".into()).spawn(move || sync_file_system(&dir))
+        std::thread::Builder::new()
+            .name("oermesh-sync".into())
+            .spawn(move || sync_file_system(&dir))
     }
 
     /// Every block file present, as (multihash, bytes on disk).

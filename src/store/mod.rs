@@ -52,7 +52,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { cache_bytes: 64 * 1024 * 1024 }
+        StoreConfig {
+            cache_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -61,7 +63,11 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sled::Error),
     #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(transparent)]
     Block(#[from] BlockError),
     #[error("damaged index entry for block {0}")]
@@ -92,8 +98,12 @@ pub enum Damage {
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Damage::Corrupt(name) => write!(f, "corrupt block {name}: its bytes do not match its hash"),
-            Damage::MissingData(name) => write!(f, "missing data for block {name}: its file is gone"),
+            Damage::Corrupt(name) => {
+                write!(f, "corrupt block {name}: its bytes do not match its hash")
+            }
+            Damage::MissingData(name) => {
+                write!(f, "missing data for block {name}: its file is gone")
+            }
             Damage::MissingBlock(cid) => write!(f, "missing block {cid}: linked from a pinned DAG"),
             Damage::Undecodable(cid, why) => write!(f, "undecodable block {cid}: {why}"),
         }
@@ -142,10 +152,20 @@ impl Store {
             .open()?;
         let index = db.open_tree("blocks")?;
         let pins = db.open_tree("pins")?;
-        let dir = BlockDir::open(repo)
-            .map_err(|source| StoreError::Io { action: "open block directory", path: repo.join("blocks"), source })?;
+        let dir = BlockDir::open(repo).map_err(|source| StoreError::Io {
+            action: "open block directory",
+            path: repo.join("blocks"),
+            source,
+        })?;
         Ok(Store {
-            inner: Arc::new(Inner { root: repo.to_path_buf(), db, index, pins, dir, gc_lock: RwLock::new(()) }),
+            inner: Arc::new(Inner {
+                root: repo.to_path_buf(),
+                db,
+                index,
+                pins,
+                dir,
+                gc_lock: RwLock::new(()),
+            }),
         })
     }
 
@@ -175,7 +195,11 @@ impl Store {
     pub fn batch(&self) -> WriteBatch<'_> {
         WriteBatch {
             store: self,
-            _gc_guard: self.inner.gc_lock.read().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            _gc_guard: self
+                .inner
+                .gc_lock
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
             pending: Mutex::new(Vec::new()),
             pending_inline_bytes: AtomicU64::new(0),
             wrote_files: AtomicBool::new(false),
@@ -214,7 +238,9 @@ impl Store {
     }
 
     pub fn pin_reasons(&self, cid: &Cid) -> Result<Vec<String>, StoreError> {
-        Ok(decode_reasons(self.inner.pins.get(cid.to_bytes())?.as_deref()))
+        Ok(decode_reasons(
+            self.inner.pins.get(cid.to_bytes())?.as_deref(),
+        ))
     }
 
     /// Every pin with its reasons, in CID byte order.
@@ -233,9 +259,17 @@ impl Store {
     /// files nothing indexes. Blocks in `let_go` are neither kept nor followed unless a
     /// pin names them: the layer above uses it for retracted records.
     pub fn gc(&self, extra_roots: &[Cid], let_go: &[Cid]) -> Result<GcReport, StoreError> {
-        let _exclusive = self.inner.gc_lock.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _exclusive = self
+            .inner
+            .gc_lock
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let pinned: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
-        let skipped: Vec<Cid> = let_go.iter().filter(|cid| !pinned.contains(cid)).copied().collect();
+        let skipped: Vec<Cid> = let_go
+            .iter()
+            .filter(|cid| !pinned.contains(cid))
+            .copied()
+            .collect();
         let mut roots = pinned;
         roots.extend(extra_roots.iter().filter(|cid| !skipped.contains(cid)));
         let live = self.mark_live(&roots, &skipped)?;
@@ -253,11 +287,14 @@ impl Store {
             // orphan file (removed by the next gc), never an entry without its data.
             self.inner.index.remove(&key)?;
             if entry.tag == TAG_FILE {
-                self.inner.dir.remove(&hash).map_err(|source| StoreError::Io {
-                    action: "remove block file",
-                    path: self.inner.dir.path_of(&hash),
-                    source,
-                })?;
+                self.inner
+                    .dir
+                    .remove(&hash)
+                    .map_err(|source| StoreError::Io {
+                        action: "remove block file",
+                        path: self.inner.dir.path_of(&hash),
+                        source,
+                    })?;
             }
             report.blocks_removed += 1;
             report.bytes_freed += entry.size;
@@ -266,8 +303,11 @@ impl Store {
         for (hash, path) in self.scan_block_files()? {
             if !self.inner.index.contains_key(hash.to_bytes())? {
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                std::fs::remove_file(&path)
-                    .map_err(|source| StoreError::Io { action: "remove orphan block file", path, source })?;
+                std::fs::remove_file(&path).map_err(|source| StoreError::Io {
+                    action: "remove orphan block file",
+                    path,
+                    source,
+                })?;
                 report.orphan_files_removed += 1;
                 report.bytes_freed += size;
             }
@@ -278,7 +318,8 @@ impl Store {
     /// Re-hashes every stored block and checks that every DAG reachable from a pin or
     /// from `extra_roots` is complete.
     pub fn verify(&self, extra_roots: &[Cid], let_go: &[Cid]) -> Result<VerifyReport, StoreError> {
-        let entries: Vec<(sled::IVec, sled::IVec)> = self.inner.index.iter().collect::<Result<_, _>>()?;
+        let entries: Vec<(sled::IVec, sled::IVec)> =
+            self.inner.index.iter().collect::<Result<_, _>>()?;
         let results: Vec<Result<Option<Damage>, StoreError>> = entries
             .par_iter()
             .map(|(key, value)| {
@@ -313,7 +354,12 @@ impl Store {
         let mut report = VerifyReport::default();
         for ((_, value), result) in entries.iter().zip(results) {
             report.blocks_checked += 1;
-            report.bytes_checked += u64::from_le_bytes(value.get(1..9).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            report.bytes_checked += u64::from_le_bytes(
+                value
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            );
             if let Some(damage) = result? {
                 report.damage.push(damage);
             }
@@ -324,13 +370,18 @@ impl Store {
         let mut missing = Vec::new();
         crate::links::walk_lenient(self, &roots, let_go, &mut |cid, problem| match problem {
             crate::links::WalkProblem::Missing => missing.push(Damage::MissingBlock(*cid)),
-            crate::links::WalkProblem::Undecodable(why) => missing.push(Damage::Undecodable(*cid, why)),
+            crate::links::WalkProblem::Undecodable(why) => {
+                missing.push(Damage::Undecodable(*cid, why))
+            }
         })?;
         // A corrupt block is also unreadable during the walk; name it once.
         missing.retain(|damage| match damage {
             Damage::MissingBlock(cid) | Damage::Undecodable(cid, _) => {
                 let name = hash_name(cid.hash());
-                !report.damage.iter().any(|d| matches!(d, Damage::Corrupt(n) | Damage::MissingData(n) if *n == name))
+                !report
+                    .damage
+                    .iter()
+                    .any(|d| matches!(d, Damage::Corrupt(n) | Damage::MissingData(n) if *n == name))
             }
             _ => true,
         });
@@ -346,7 +397,12 @@ impl Store {
             if value.first() == Some(&TAG_INLINE) {
                 stat.inline_blocks += 1;
             }
-            stat.bytes += u64::from_le_bytes(value.get(1..9).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            stat.bytes += u64::from_le_bytes(
+                value
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            );
         }
         stat.pins = self.inner.pins.len() as u64;
         stat.disk_bytes = disk_usage(&self.inner.root);
@@ -387,7 +443,11 @@ impl Store {
             }
             let data = self.read_verified(&cid).map_err(|err| stopped(&err))?;
             let children = crate::links::links(&cid, &data).map_err(|err| stopped(&err))?;
-            stack.extend(children.into_iter().filter(|child| !visited.contains(child)));
+            stack.extend(
+                children
+                    .into_iter()
+                    .filter(|child| !visited.contains(child)),
+            );
         }
         Ok(live)
     }
@@ -403,9 +463,18 @@ impl Store {
     /// The checks every incoming block passes before anything of it is written: size,
     /// hash against CID. Returns the index key, or `None` when there is nothing to
     /// write (an identity CID, or a block already stored).
-    fn admit(&self, cid: &Cid, data: &[u8], hashed_by_caller: bool) -> Result<Option<Vec<u8>>, BlockError> {
+    fn admit(
+        &self,
+        cid: &Cid,
+        data: &[u8],
+        hashed_by_caller: bool,
+    ) -> Result<Option<Vec<u8>>, BlockError> {
         if data.len() > MAX_BLOCK_SIZE {
-            return Err(BlockError::TooLarge { cid: *cid, size: data.len(), limit: MAX_BLOCK_SIZE });
+            return Err(BlockError::TooLarge {
+                cid: *cid,
+                size: data.len(),
+                limit: MAX_BLOCK_SIZE,
+            });
         }
         if !hashed_by_caller {
             block::verify(cid, data)?;
@@ -429,13 +498,16 @@ impl Store {
             .get(&key)
             .map_err(|err| BlockError::Backend(format!("database error: {err}")))?
             .ok_or(BlockError::NotFound(*cid))?;
-        let entry = decode_entry(&value, cid).map_err(|err| BlockError::Backend(err.to_string()))?;
+        let entry =
+            decode_entry(&value, cid).map_err(|err| BlockError::Backend(err.to_string()))?;
         let data = if entry.tag == TAG_INLINE {
             value[9..].to_vec()
         } else {
             match self.inner.dir.read(cid.hash(), entry.size) {
                 Ok(data) => data,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(BlockError::Corrupt(*cid)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return Err(BlockError::Corrupt(*cid))
+                }
                 Err(err) => return Err(BlockError::Io(err)),
             }
         };
@@ -455,7 +527,11 @@ impl BlockGet for Store {
 /// durable at the next [`Store::flush`].
 impl BlockPut for Store {
     fn put_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
-        let _gc_guard = self.inner.gc_lock.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _gc_guard = self
+            .inner
+            .gc_lock
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(key) = self.admit(cid, data, false)? else {
             return Ok(());
         };
@@ -497,7 +573,11 @@ impl WriteBatch<'_> {
     /// file is synced before any index entry names it.
     pub fn commit(self) -> Result<(), StoreError> {
         let inner = &self.store.inner;
-        let in_flight = self.background_sync.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let in_flight = self
+            .background_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(handle) = in_flight {
             // Its outcome does not matter: the sync below covers everything it did.
             let _ = handle.join();
@@ -532,7 +612,10 @@ impl WriteBatch<'_> {
 
     /// Starts a background sync unless one is still running.
     fn start_background_sync(&self) {
-        let mut slot = self.background_sync.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self
+            .background_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|handle| !handle.is_finished()) {
             return;
         }
@@ -578,13 +661,24 @@ impl WriteBatch<'_> {
             return Ok(());
         };
         let inner = &self.store.inner;
-        let mut value = Vec::with_capacity(9 + if data.len() <= INLINE_LIMIT { data.len() } else { 0 });
+        let mut value = Vec::with_capacity(
+            9 + if data.len() <= INLINE_LIMIT {
+                data.len()
+            } else {
+                0
+            },
+        );
         if data.len() <= INLINE_LIMIT {
             value.push(TAG_INLINE);
             value.extend_from_slice(&(data.len() as u64).to_le_bytes());
             value.extend_from_slice(data);
-            let held = self.pending_inline_bytes.fetch_add(data.len() as u64, Ordering::AcqRel);
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((key, value));
+            let held = self
+                .pending_inline_bytes
+                .fetch_add(data.len() as u64, Ordering::AcqRel);
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((key, value));
             if held as usize + data.len() > PENDING_INLINE_LIMIT {
                 self.spill_inline()?;
             }
@@ -596,13 +690,19 @@ impl WriteBatch<'_> {
                 ))
             })?;
             self.wrote_files.store(true, Ordering::Release);
-            let unsynced = self.unsynced_file_bytes.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
+            let unsynced = self
+                .unsynced_file_bytes
+                .fetch_add(data.len() as u64, Ordering::AcqRel)
+                + data.len() as u64;
             if unsynced >= BACKGROUND_SYNC_BYTES {
                 self.start_background_sync();
             }
             value.push(TAG_FILE);
             value.extend_from_slice(&(data.len() as u64).to_le_bytes());
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((key, value));
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((key, value));
         }
         Ok(())
     }
@@ -616,7 +716,13 @@ struct IndexEntry {
 fn decode_entry(value: &[u8], cid: &Cid) -> Result<IndexEntry, StoreError> {
     let damaged = || StoreError::DamagedIndex(cid.to_string());
     let tag = *value.first().ok_or_else(damaged)?;
-    let size = u64::from_le_bytes(value.get(1..9).ok_or_else(damaged)?.try_into().map_err(|_| damaged())?);
+    let size = u64::from_le_bytes(
+        value
+            .get(1..9)
+            .ok_or_else(damaged)?
+            .try_into()
+            .map_err(|_| damaged())?,
+    );
     match tag {
         TAG_INLINE if value.len() as u64 == 9 + size => Ok(IndexEntry { tag, size }),
         TAG_FILE if value.len() == 9 => Ok(IndexEntry { tag, size }),
@@ -626,7 +732,13 @@ fn decode_entry(value: &[u8], cid: &Cid) -> Result<IndexEntry, StoreError> {
 
 fn decode_reasons(value: Option<&[u8]>) -> Vec<String> {
     value
-        .map(|bytes| String::from_utf8_lossy(bytes).split('\n').filter(|s| !s.is_empty()).map(String::from).collect())
+        .map(|bytes| {
+            String::from_utf8_lossy(bytes)
+                .split('\n')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -646,7 +758,9 @@ pub fn disk_usage(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             total += meta.blocks() * 512;

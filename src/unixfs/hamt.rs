@@ -45,17 +45,31 @@ pub fn murmur3_x64_128(data: &[u8], seed: u32) -> (u64, u64) {
         let k1 = u64::from_le_bytes(low.try_into().expect("8 bytes"));
         let k2 = u64::from_le_bytes(high.try_into().expect("8 bytes"));
         h1 ^= mix_k1(k1);
-        h1 = h1.rotate_left(27).wrapping_add(h2).wrapping_mul(5).wrapping_add(0x52dc_e729);
+        h1 = h1
+            .rotate_left(27)
+            .wrapping_add(h2)
+            .wrapping_mul(5)
+            .wrapping_add(0x52dc_e729);
         h2 ^= mix_k2(k2);
-        h2 = h2.rotate_left(31).wrapping_add(h1).wrapping_mul(5).wrapping_add(0x3849_5ab5);
+        h2 = h2
+            .rotate_left(31)
+            .wrapping_add(h1)
+            .wrapping_mul(5)
+            .wrapping_add(0x3849_5ab5);
     }
     let tail = blocks.remainder();
     if tail.len() > 8 {
-        let k2 = tail[8..].iter().rev().fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
+        let k2 = tail[8..]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
         h2 ^= mix_k2(k2);
     }
     if !tail.is_empty() {
-        let k1 = tail[..tail.len().min(8)].iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        let k1 = tail[..tail.len().min(8)]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
         h1 ^= mix_k1(k1);
     }
 
@@ -154,7 +168,12 @@ pub enum ShardStep<'a> {
 
 /// Finds where `name` lives among the `links` of a shard node at `depth` (0 for the root
 /// node) whose `fanout` field is `fanout`. `None` if the fanout is not one a shard can have.
-pub fn lookup_step<'a>(links: &'a [PbLink], name: &str, depth: usize, fanout: u64) -> Option<ShardStep<'a>> {
+pub fn lookup_step<'a>(
+    links: &'a [PbLink],
+    name: &str,
+    depth: usize,
+    fanout: u64,
+) -> Option<ShardStep<'a>> {
     let bits = fanout_bits(fanout)?;
     let prefix = label_prefix(bucket_index(name, depth, bits), fanout as usize);
     let step = links
@@ -202,11 +221,19 @@ fn build_level(
             0 => continue,
             1 => {
                 let entry = bucket.pop().expect("one entry");
-                PbLink { cid: entry.cid, name: Some(prefix + &entry.name), tsize: Some(entry.tsize) }
+                PbLink {
+                    cid: entry.cid,
+                    name: Some(prefix + &entry.name),
+                    tsize: Some(entry.tsize),
+                }
             }
             _ => {
                 let (cid, tsize) = build_level(bucket, depth + 1, cid_version, sink)?;
-                PbLink { cid, name: Some(prefix), tsize: Some(tsize) }
+                PbLink {
+                    cid,
+                    name: Some(prefix),
+                    tsize: Some(tsize),
+                }
             }
         };
         occupied[index] = true;
@@ -219,7 +246,10 @@ fn build_level(
     data.hash_type = Some(HASH_TYPE);
     data.fanout = Some(FANOUT as u64);
     // Labels start with fixed-width upper-case hex, so bucket order is name-byte order.
-    let node = PbNode { links, data: Some(data.encode()) };
+    let node = PbNode {
+        links,
+        data: Some(data.encode()),
+    };
     let (cid, block_len) = store_node(&node, cid_version, sink)?;
     Ok((cid, block_len as u64 + children_tsize))
 }
@@ -240,7 +270,10 @@ mod tests {
             ("", "00000000000000000000000000000000"),
             ("a", "85555565f6597889e6b53a48510e895a"),
             ("hello", "cbd8a7b341bd9b025b1e906a48ae1d19"),
-            ("lesson-00000-worksheet.txt", "d257410153b80ee8333fb30bdd62537a"),
+            (
+                "lesson-00000-worksheet.txt",
+                "d257410153b80ee8333fb30bdd62537a",
+            ),
             ("ζήτημα-3.txt", "6bacb054e00fd92c73e2223052e5890f"),
             ("0123456789abcdef0", "eb24ae8785a5c07573fb68b3313128ca"),
         ];
@@ -294,7 +327,12 @@ mod tests {
         let blocks = MemoryBlocks::new();
         let (root, tsize) = build_shard(entries.clone(), 1, &blocks).unwrap();
         for entry in &entries {
-            assert_eq!(find(&blocks, root, &entry.name), Some(entry.cid), "{}", entry.name);
+            assert_eq!(
+                find(&blocks, root, &entry.name),
+                Some(entry.cid),
+                "{}",
+                entry.name
+            );
         }
         for missing in ["n1000", "n-1", "", "N1"] {
             assert_eq!(find(&blocks, root, missing), None, "{missing}");

@@ -91,12 +91,20 @@ pub fn import_path(
 ) -> Result<Imported, ImportError> {
     let metadata = metadata_of(path)?;
     let root_name = PathBuf::from(display_name(path)?);
-    let mut walk = Walk { profile, sink, on_entry, progress, bytes_done: 0, ancestors: Vec::new() };
+    let mut walk = Walk {
+        profile,
+        sink,
+        on_entry,
+        progress,
+        bytes_done: 0,
+        ancestors: Vec::new(),
+    };
     if metadata.is_dir() {
         if !recursive {
             return Err(ImportError::IsDirectory(path.to_path_buf()));
         }
-        walk.directory(path, &root_name, &metadata).map(|(imported, _)| imported)
+        walk.directory(path, &root_name, &metadata)
+            .map(|(imported, _)| imported)
     } else if metadata.is_file() {
         walk.file(path, &root_name, &metadata)
     } else {
@@ -107,7 +115,11 @@ pub fn import_path(
 /// The file bytes [`import_path`] would read for `path`, following the same rules, so a
 /// progress bar can show a total and an ETA before the import starts.
 pub fn total_bytes(path: &Path, recursive: bool) -> Result<u64, ImportError> {
-    fn folder(path: &Path, metadata: &Metadata, ancestors: &mut Vec<(u64, u64)>) -> Result<u64, ImportError> {
+    fn folder(
+        path: &Path,
+        metadata: &Metadata,
+        ancestors: &mut Vec<(u64, u64)>,
+    ) -> Result<u64, ImportError> {
         enter(path, metadata, ancestors)?;
         let mut total = 0;
         for entry in list_folder(path)? {
@@ -173,19 +185,31 @@ fn directory_node(
     let mut links: Vec<DirLink> = entries.into_iter().map(|(link, _)| link).collect();
     if base + measured > profile.shard_threshold {
         let (cid, tsize) = hamt::build_shard(links, profile.cid_version, sink)?;
-        return Ok(Imported { cid, size: 0, tsize });
+        return Ok(Imported {
+            cid,
+            size: 0,
+            tsize,
+        });
     }
     links.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let children_tsize: u64 = links.iter().map(|link| link.tsize).sum();
     let node = PbNode {
         links: links
             .into_iter()
-            .map(|link| PbLink { cid: link.cid, name: Some(link.name), tsize: Some(link.tsize) })
+            .map(|link| PbLink {
+                cid: link.cid,
+                name: Some(link.name),
+                tsize: Some(link.tsize),
+            })
             .collect(),
         data: Some(UnixfsData::new(DataType::Directory).encode()),
     };
     let (cid, block_len) = store_node(&node, profile.cid_version, sink)?;
-    Ok(Imported { cid, size: 0, tsize: block_len as u64 + children_tsize })
+    Ok(Imported {
+        cid,
+        size: 0,
+        tsize: block_len as u64 + children_tsize,
+    })
 }
 
 /// The Data field of a plain directory node: key, length, and `Type = Directory`.
@@ -214,7 +238,11 @@ pub(crate) fn store_node(
     sink: &impl BlockPut,
 ) -> Result<(Cid, usize), BlockError> {
     let bytes = node.encode();
-    let cid = if cid_version == 0 { cid_v0(&bytes) } else { cid_v1(codec::DAG_PB, &bytes) };
+    let cid = if cid_version == 0 {
+        cid_v0(&bytes)
+    } else {
+        cid_v1(codec::DAG_PB, &bytes)
+    };
     sink.put_hashed_block(&cid, &bytes)?;
     Ok((cid, bytes.len()))
 }
@@ -239,10 +267,16 @@ fn import_stream<R: Read + Send>(
     let batch_bytes = chunks_per_batch * profile.chunk_size;
     // Most files in a folder are small: size the first buffer for the file when its size
     // is known (one byte more, so the read that finds the end needs no room of its own).
-    let first_len =
-        usize::try_from(size_hint.saturating_add(1)).map_or(batch_bytes, |len| len.min(batch_bytes));
-    let mut current = Batch { buffer: vec![0; first_len], len: 0 };
-    let mut next = Batch { buffer: Vec::new(), len: 0 };
+    let first_len = usize::try_from(size_hint.saturating_add(1))
+        .map_or(batch_bytes, |len| len.min(batch_bytes));
+    let mut current = Batch {
+        buffer: vec![0; first_len],
+        len: 0,
+    };
+    let mut next = Batch {
+        buffer: Vec::new(),
+        len: 0,
+    };
     current.fill(&mut reader, batch_bytes).map_err(read_error)?;
 
     let mut layout = BalancedLayout::new(profile, sink);
@@ -273,7 +307,11 @@ fn import_stream<R: Read + Send>(
         std::mem::swap(&mut current, &mut next);
     }
     let root = layout.finish()?;
-    Ok(Imported { cid: root.cid, size: root.file_bytes, tsize: root.tsize })
+    Ok(Imported {
+        cid: root.cid,
+        size: root.file_bytes,
+        tsize: root.tsize,
+    })
 }
 
 /// A reusable read buffer and how much of it the last fill used.
@@ -311,8 +349,15 @@ impl Batch {
     }
 }
 
-fn hash_batch(batch: &[u8], profile: &Profile, sink: &impl BlockPut) -> Result<Vec<Child>, BlockError> {
-    batch.par_chunks(profile.chunk_size).map(|chunk| hash_leaf(chunk, profile, sink)).collect()
+fn hash_batch(
+    batch: &[u8],
+    profile: &Profile,
+    sink: &impl BlockPut,
+) -> Result<Vec<Child>, BlockError> {
+    batch
+        .par_chunks(profile.chunk_size)
+        .map(|chunk| hash_leaf(chunk, profile, sink))
+        .collect()
 }
 
 fn hash_leaf(chunk: &[u8], profile: &Profile, sink: &impl BlockPut) -> Result<Child, BlockError> {
@@ -321,18 +366,34 @@ fn hash_leaf(chunk: &[u8], profile: &Profile, sink: &impl BlockPut) -> Result<Ch
         // Raw blocks can only be named by CIDv1, whatever the profile's version.
         let cid = cid_v1(codec::RAW, chunk);
         sink.put_hashed_block(&cid, chunk)?;
-        return Ok(Child { cid, tsize: file_bytes, file_bytes });
+        return Ok(Child {
+            cid,
+            tsize: file_bytes,
+            file_bytes,
+        });
     }
     let block = file_leaf_block(chunk);
-    let cid = if profile.cid_version == 0 { cid_v0(&block) } else { cid_v1(codec::DAG_PB, &block) };
+    let cid = if profile.cid_version == 0 {
+        cid_v0(&block)
+    } else {
+        cid_v1(codec::DAG_PB, &block)
+    };
     sink.put_hashed_block(&cid, &block)?;
-    Ok(Child { cid, tsize: block.len() as u64, file_bytes })
+    Ok(Child {
+        cid,
+        tsize: block.len() as u64,
+        file_bytes,
+    })
 }
 
 /// A dag-pb leaf holding `chunk` in a UnixFS File message, written straight into one buffer
 /// to avoid copying each chunk twice. Empty data is left out, as the reference does.
 fn file_leaf_block(chunk: &[u8]) -> Vec<u8> {
-    let data_field = if chunk.is_empty() { 0 } else { 1 + varint_len(chunk.len() as u64) + chunk.len() };
+    let data_field = if chunk.is_empty() {
+        0
+    } else {
+        1 + varint_len(chunk.len() as u64) + chunk.len()
+    };
     let unixfs_len = 2 + data_field + 1 + varint_len(chunk.len() as u64);
     let mut block = Vec::with_capacity(1 + varint_len(unixfs_len as u64) + unixfs_len);
     block.push(0x0a); // PBNode.Data
@@ -397,7 +458,9 @@ impl<'a, S: BlockPut> BalancedLayout<'a, S> {
     fn finish(mut self) -> Result<Child, BlockError> {
         let mut level = 0;
         loop {
-            let higher_levels_used = self.levels[level + 1..].iter().any(|children| !children.is_empty());
+            let higher_levels_used = self.levels[level + 1..]
+                .iter()
+                .any(|children| !children.is_empty());
             let children = std::mem::take(&mut self.levels[level]);
             // One child left at the top is the root: a lone leaf is the file itself.
             if !higher_levels_used && children.len() == 1 {
@@ -424,13 +487,21 @@ impl<'a, S: BlockPut> BalancedLayout<'a, S> {
         let node = PbNode {
             links: children
                 .iter()
-                .map(|child| PbLink { cid: child.cid, name: Some(String::new()), tsize: Some(child.tsize) })
+                .map(|child| PbLink {
+                    cid: child.cid,
+                    name: Some(String::new()),
+                    tsize: Some(child.tsize),
+                })
                 .collect(),
             data: Some(data.encode()),
         };
         let (cid, block_len) = store_node(&node, self.cid_version, self.sink)?;
         let tsize = block_len as u64 + children.iter().map(|child| child.tsize).sum::<u64>();
-        Ok(Child { cid, tsize, file_bytes })
+        Ok(Child {
+            cid,
+            tsize,
+            file_bytes,
+        })
     }
 }
 
@@ -445,7 +516,12 @@ struct Walk<'a, S> {
 }
 
 impl<S: BlockPut> Walk<'_, S> {
-    fn file(&mut self, path: &Path, relative: &Path, metadata: &Metadata) -> Result<Imported, ImportError> {
+    fn file(
+        &mut self,
+        path: &Path,
+        relative: &Path,
+        metadata: &Metadata,
+    ) -> Result<Imported, ImportError> {
         let file = File::open(path).map_err(|source| unreadable(path, source))?;
         let base = self.bytes_done;
         let progress = self.progress;
@@ -481,13 +557,20 @@ impl<S: BlockPut> Walk<'_, S> {
                 // sub-folder with entries adds nothing to the measured size; an empty one does.
                 (imported, !has_entries)
             } else if entry.metadata.is_file() {
-                (self.file(&entry.path, &child_relative, &entry.metadata)?, true)
+                (
+                    self.file(&entry.path, &child_relative, &entry.metadata)?,
+                    true,
+                )
             } else {
                 return Err(ImportError::NotAFileOrFolder(entry.path));
             };
             size += imported.size;
             links.push((
-                DirLink { name: entry.name, cid: imported.cid, tsize: imported.tsize },
+                DirLink {
+                    name: entry.name,
+                    cid: imported.cid,
+                    tsize: imported.tsize,
+                },
                 counts_toward_shard,
             ));
         }
@@ -512,13 +595,19 @@ fn list_folder(path: &Path) -> Result<Vec<FolderEntry>, ImportError> {
     for entry in fs::read_dir(path).map_err(|source| unreadable(path, source))? {
         let entry = entry.map_err(|source| unreadable(path, source))?;
         let entry_path = entry.path();
-        let name =
-            entry.file_name().into_string().map_err(|_| ImportError::NameNotUtf8(entry_path.clone()))?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| ImportError::NameNotUtf8(entry_path.clone()))?;
         if name.starts_with('.') {
             continue;
         }
         let metadata = metadata_of(&entry_path)?;
-        entries.push(FolderEntry { name, path: entry_path, metadata });
+        entries.push(FolderEntry {
+            name,
+            path: entry_path,
+            metadata,
+        });
     }
     entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     Ok(entries)
@@ -526,7 +615,11 @@ fn list_folder(path: &Path) -> Result<Vec<FolderEntry>, ImportError> {
 
 /// Records entering a folder; fails if the folder is already being walked, which only a
 /// symbolic link pointing back up can cause.
-fn enter(path: &Path, metadata: &Metadata, ancestors: &mut Vec<(u64, u64)>) -> Result<(), ImportError> {
+fn enter(
+    path: &Path,
+    metadata: &Metadata,
+    ancestors: &mut Vec<(u64, u64)>,
+) -> Result<(), ImportError> {
     let identity = (metadata.dev(), metadata.ino());
     if ancestors.contains(&identity) {
         return Err(ImportError::SymlinkLoop(path.to_path_buf()));
@@ -547,7 +640,10 @@ fn metadata_of(path: &Path) -> Result<Metadata, ImportError> {
 }
 
 fn unreadable(path: &Path, source: io::Error) -> ImportError {
-    ImportError::Unreadable { path: path.to_path_buf(), source }
+    ImportError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The name an imported root is reported under: its last component, or the folder's own
@@ -557,10 +653,14 @@ fn display_name(path: &Path) -> Result<String, ImportError> {
         Some(name) => name.to_os_string(),
         None => {
             let canonical = fs::canonicalize(path).map_err(|source| unreadable(path, source))?;
-            canonical.file_name().map(|name| name.to_os_string()).unwrap_or_default()
+            canonical
+                .file_name()
+                .map(|name| name.to_os_string())
+                .unwrap_or_default()
         }
     };
-    name.into_string().map_err(|_| ImportError::NameNotUtf8(path.to_path_buf()))
+    name.into_string()
+        .map_err(|_| ImportError::NameNotUtf8(path.to_path_buf()))
 }
 
 #[cfg(test)]
@@ -569,7 +669,11 @@ mod tests {
     use crate::block::{BlockGet, MemoryBlocks};
 
     fn tiny_profile(max_links: usize) -> Profile {
-        Profile { chunk_size: 4, max_links, ..Profile::UNIXFS_V1_2025 }
+        Profile {
+            chunk_size: 4,
+            max_links,
+            ..Profile::UNIXFS_V1_2025
+        }
     }
 
     fn decode(blocks: &MemoryBlocks, cid: &Cid) -> (PbNode, UnixfsData) {
@@ -581,14 +685,18 @@ mod tests {
     #[test]
     fn one_level_tsize_and_blocksizes() {
         let blocks = MemoryBlocks::new();
-        let imported = import_reader(&b"abcdefghij"[..], &tiny_profile(3), &blocks, &|_| {}).unwrap();
+        let imported =
+            import_reader(&b"abcdefghij"[..], &tiny_profile(3), &blocks, &|_| {}).unwrap();
         let (node, data) = decode(&blocks, &imported.cid);
         assert_eq!(data.data_type, DataType::File);
         assert_eq!(data.filesize, Some(10));
         assert_eq!(data.blocksizes, [4, 4, 2]);
         let tsizes: Vec<_> = node.links.iter().map(|link| link.tsize).collect();
         assert_eq!(tsizes, [Some(4), Some(4), Some(2)]);
-        assert!(node.links.iter().all(|link| link.name.as_deref() == Some("")));
+        assert!(node
+            .links
+            .iter()
+            .all(|link| link.name.as_deref() == Some("")));
         // Each link: 2 + 36 (CID) + 2 (empty name) + 2 (Tsize) inside 2 bytes of framing = 44;
         // data: Type, filesize and three blocksizes = 10 bytes inside 2 of framing = 12.
         assert_eq!(imported.tsize, 3 * 44 + 12 + 10);
@@ -598,11 +706,16 @@ mod tests {
     #[test]
     fn two_levels_wrap_a_lone_trailing_leaf() {
         let blocks = MemoryBlocks::new();
-        let imported = import_reader(&b"abcdefghij"[..], &tiny_profile(2), &blocks, &|_| {}).unwrap();
+        let imported =
+            import_reader(&b"abcdefghij"[..], &tiny_profile(2), &blocks, &|_| {}).unwrap();
         let (root, data) = decode(&blocks, &imported.cid);
         assert_eq!(data.blocksizes, [8, 2]);
         let (second, second_data) = decode(&blocks, &root.links[1].cid);
-        assert_eq!(second.links.len(), 1, "the last leaf gets a node of its own");
+        assert_eq!(
+            second.links.len(),
+            1,
+            "the last leaf gets a node of its own"
+        );
         assert_eq!(second_data.blocksizes, [2]);
         // Tsize counts every block of the DAG exactly once.
         let all_bytes: usize = blocks.into_blocks().values().map(Vec::len).sum();
@@ -612,11 +725,28 @@ mod tests {
     #[test]
     fn single_chunk_file_is_its_leaf() {
         let blocks = MemoryBlocks::new();
-        let imported =
-            import_reader(&b"hello world"[..], &Profile::UNIXFS_V1_2025, &blocks, &|_| {}).unwrap();
-        assert_eq!(imported.cid.to_string(), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
-        let v0 = import_reader(&b"hello world"[..], &Profile::UNIXFS_V0_2015, &blocks, &|_| {}).unwrap();
-        assert_eq!(v0.cid.to_string(), "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD");
+        let imported = import_reader(
+            &b"hello world"[..],
+            &Profile::UNIXFS_V1_2025,
+            &blocks,
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            imported.cid.to_string(),
+            "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+        );
+        let v0 = import_reader(
+            &b"hello world"[..],
+            &Profile::UNIXFS_V0_2015,
+            &blocks,
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            v0.cid.to_string(),
+            "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"
+        );
         assert_eq!(blocks.len(), 2);
     }
 
@@ -626,7 +756,11 @@ mod tests {
             let mut data = UnixfsData::new(DataType::File);
             data.data = (!chunk.is_empty()).then(|| chunk.to_vec());
             data.filesize = Some(chunk.len() as u64);
-            let generic = PbNode { links: vec![], data: Some(data.encode()) }.encode();
+            let generic = PbNode {
+                links: vec![],
+                data: Some(data.encode()),
+            }
+            .encode();
             assert_eq!(file_leaf_block(chunk), generic);
         }
     }
@@ -635,23 +769,40 @@ mod tests {
     fn empty_directories() {
         let sink = MemoryBlocks::discarding();
         let v0 = build_directory(Vec::new(), &Profile::UNIXFS_V0_2015, &sink).unwrap();
-        assert_eq!(v0.cid.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
+        assert_eq!(
+            v0.cid.to_string(),
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+        );
         let v1 = build_directory(Vec::new(), &Profile::UNIXFS_V1_2025, &sink).unwrap();
-        assert_eq!(v1.cid.to_string(), "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354");
+        assert_eq!(
+            v1.cid.to_string(),
+            "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
+        );
         assert_eq!(v1.tsize, 4);
     }
 
     #[test]
     fn measured_link_size_matches_encoding() {
-        let link = DirLink { name: "μάθημα.txt".into(), cid: cid_v1(codec::RAW, b"x"), tsize: 300 };
+        let link = DirLink {
+            name: "μάθημα.txt".into(),
+            cid: cid_v1(codec::RAW, b"x"),
+            tsize: 300,
+        };
         let node = PbNode {
-            links: vec![PbLink { cid: link.cid, name: Some(link.name.clone()), tsize: Some(link.tsize) }],
+            links: vec![PbLink {
+                cid: link.cid,
+                name: Some(link.name.clone()),
+                tsize: Some(link.tsize),
+            }],
             data: Some(UnixfsData::new(DataType::Directory).encode()),
         };
         assert_eq!(
             measured_link_size(ShardMeasure::BlockBytes, &link) + EMPTY_DIRECTORY_DATA_FIELD,
             node.encode().len()
         );
-        assert_eq!(measured_link_size(ShardMeasure::LinkBytes, &link), link.name.len() + 36);
+        assert_eq!(
+            measured_link_size(ShardMeasure::LinkBytes, &link),
+            link.name.len() + 36
+        );
     }
 }

@@ -176,7 +176,10 @@ impl UnixfsData {
                 (7, WIRE_VARINT) => message.mode = Some(take_varint(&mut bytes)? as u32),
                 (8, WIRE_LEN) => {
                     let mut inner = take_len_delimited(&mut bytes)?;
-                    let mut mtime = UnixTime { seconds: 0, nanos: None };
+                    let mut mtime = UnixTime {
+                        seconds: 0,
+                        nanos: None,
+                    };
                     while !inner.is_empty() {
                         let (field, wire_type) = take_key(&mut inner)?;
                         match (field, wire_type) {
@@ -232,7 +235,8 @@ impl PbNode {
                     if node.data.is_some() {
                         return Err(PbError::OutOfOrder);
                     }
-                    node.links.push(decode_link(take_len_delimited(&mut bytes)?)?);
+                    node.links
+                        .push(decode_link(take_len_delimited(&mut bytes)?)?);
                 }
                 (1, WIRE_LEN) => {
                     if node.data.is_some() {
@@ -271,7 +275,11 @@ fn decode_link(mut bytes: &[u8]) -> Result<PbLink, PbError> {
             (field, wire_type) => return Err(PbError::UnexpectedField { field, wire_type }),
         }
     }
-    Ok(PbLink { cid: cid.ok_or(PbError::MissingLinkHash)?, name, tsize })
+    Ok(PbLink {
+        cid: cid.ok_or(PbError::MissingLinkHash)?,
+        name,
+        tsize,
+    })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -346,7 +354,10 @@ fn skip_field(bytes: &mut &[u8], wire_type: u64) -> Result<(), PbError> {
         WIRE_I64 => take_fixed::<8>(bytes).map(drop),
         WIRE_LEN => take_len_delimited(bytes).map(drop),
         WIRE_I32 => take_fixed::<4>(bytes).map(drop),
-        other => Err(PbError::UnexpectedField { field: 0, wire_type: other }),
+        other => Err(PbError::UnexpectedField {
+            field: 0,
+            wire_type: other,
+        }),
     }
 }
 
@@ -362,36 +373,59 @@ mod tests {
         file.filesize = Some(5);
         file.blocksizes = vec![5];
         let node = PbNode {
-            links: vec![PbLink { cid: child, name: Some(String::new()), tsize: Some(5) }],
+            links: vec![PbLink {
+                cid: child,
+                name: Some(String::new()),
+                tsize: Some(5),
+            }],
             data: Some(file.encode()),
         };
         let bytes = node.encode();
         assert_eq!(bytes[0], 0x12, "links (field 2) come first");
         let decoded = PbNode::decode(&bytes).unwrap();
         assert_eq!(decoded, node);
-        assert_eq!(UnixfsData::decode(decoded.data.as_deref().unwrap()).unwrap(), file);
+        assert_eq!(
+            UnixfsData::decode(decoded.data.as_deref().unwrap()).unwrap(),
+            file
+        );
     }
 
     #[test]
     fn empty_directory_matches_known_bytes() {
         // The well-known empty UnixFS directory, QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn.
-        let node = PbNode { links: vec![], data: Some(UnixfsData::new(DataType::Directory).encode()) };
+        let node = PbNode {
+            links: vec![],
+            data: Some(UnixfsData::new(DataType::Directory).encode()),
+        };
         let cid = crate::block::cid_v0(&node.encode());
-        assert_eq!(cid.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
+        assert_eq!(
+            cid.to_string(),
+            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+        );
     }
 
     #[test]
     fn rejects_data_before_links_and_truncation() {
         let link = PbNode {
-            links: vec![PbLink { cid: cid_v1(codec::RAW, b"x"), name: None, tsize: None }],
+            links: vec![PbLink {
+                cid: cid_v1(codec::RAW, b"x"),
+                name: None,
+                tsize: None,
+            }],
             data: None,
         }
         .encode();
         let mut bad = vec![0x0a, 0x00];
         bad.extend_from_slice(&link);
         assert_eq!(PbNode::decode(&bad), Err(PbError::OutOfOrder));
-        assert_eq!(PbNode::decode(&link[..link.len() - 1]), Err(PbError::Truncated));
-        assert!(matches!(PbNode::decode(&[0x18, 0x01]), Err(PbError::UnexpectedField { .. })));
+        assert_eq!(
+            PbNode::decode(&link[..link.len() - 1]),
+            Err(PbError::Truncated)
+        );
+        assert!(matches!(
+            PbNode::decode(&[0x18, 0x01]),
+            Err(PbError::UnexpectedField { .. })
+        ));
     }
 
     #[test]

@@ -84,15 +84,25 @@ impl Profile {
     /// `ipfs add --cid-version=1` (256 KiB chunks, 174 links, raw leaves).
     pub fn with_cid_version(self, version: u64) -> Result<Profile, ProfileError> {
         match version {
-            0 => Ok(Profile { cid_version: 0, ..self }),
-            1 => Ok(Profile { cid_version: 1, raw_leaves: true, ..self }),
+            0 => Ok(Profile {
+                cid_version: 0,
+                ..self
+            }),
+            1 => Ok(Profile {
+                cid_version: 1,
+                raw_leaves: true,
+                ..self
+            }),
             other => Err(ProfileError::BadCidVersion(other)),
         }
     }
 
     /// Overrides the chunk size with a kubo-style chunker, `size-N`.
     pub fn with_chunker(self, chunker: &str) -> Result<Profile, ProfileError> {
-        Ok(Profile { chunk_size: parse_chunker(chunker)?, ..self })
+        Ok(Profile {
+            chunk_size: parse_chunker(chunker)?,
+            ..self
+        })
     }
 }
 
@@ -110,7 +120,10 @@ pub fn parse_chunker(chunker: &str) -> Result<usize, ProfileError> {
         .and_then(|digits| digits.parse::<usize>().ok())
         .ok_or_else(|| ProfileError::BadChunker(chunker.to_owned()))?;
     if size == 0 || size > MAX_CHUNK_SIZE {
-        return Err(ProfileError::ChunkSizeOutOfRange { size, max: MAX_CHUNK_SIZE });
+        return Err(ProfileError::ChunkSizeOutOfRange {
+            size,
+            max: MAX_CHUNK_SIZE,
+        });
     }
     Ok(size)
 }
@@ -121,11 +134,20 @@ mod tests {
 
     #[test]
     fn names_and_overrides() {
-        assert_eq!(Profile::by_name("unixfs-v1-2025"), Ok(Profile::UNIXFS_V1_2025));
-        assert!(matches!(Profile::by_name("v2"), Err(ProfileError::UnknownProfile(_))));
+        assert_eq!(
+            Profile::by_name("unixfs-v1-2025"),
+            Ok(Profile::UNIXFS_V1_2025)
+        );
+        assert!(matches!(
+            Profile::by_name("v2"),
+            Err(ProfileError::UnknownProfile(_))
+        ));
         let plain_cid1 = Profile::UNIXFS_V0_2015.with_cid_version(1).unwrap();
         assert!(plain_cid1.raw_leaves);
-        assert_eq!((plain_cid1.chunk_size, plain_cid1.max_links), (262_144, 174));
+        assert_eq!(
+            (plain_cid1.chunk_size, plain_cid1.max_links),
+            (262_144, 174)
+        );
         assert!(Profile::UNIXFS_V0_2015.with_cid_version(2).is_err());
     }
 
@@ -134,9 +156,18 @@ mod tests {
         assert_eq!(parse_chunker("size-1024"), Ok(1024));
         assert_eq!(parse_chunker("size-1048576"), Ok(1 << 20));
         for bad in ["size-", "size-abc", "rabin", "size--1", "size-+5", "1024"] {
-            assert!(matches!(parse_chunker(bad), Err(ProfileError::BadChunker(_))), "{bad}");
+            assert!(
+                matches!(parse_chunker(bad), Err(ProfileError::BadChunker(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(parse_chunker("size-0"), Err(ProfileError::ChunkSizeOutOfRange { .. })));
-        assert!(matches!(parse_chunker("size-1048577"), Err(ProfileError::ChunkSizeOutOfRange { .. })));
+        assert!(matches!(
+            parse_chunker("size-0"),
+            Err(ProfileError::ChunkSizeOutOfRange { .. })
+        ));
+        assert!(matches!(
+            parse_chunker("size-1048577"),
+            Err(ProfileError::ChunkSizeOutOfRange { .. })
+        ));
     }
 }

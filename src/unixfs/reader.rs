@@ -101,7 +101,11 @@ pub enum ReadError {
     #[error("DAG below {cid} is more than {limit} levels deep")]
     TooDeep { cid: Cid, limit: usize },
     #[error("block {cid} holds {actual} bytes of file data, but {declared} were declared")]
-    SizeMismatch { cid: Cid, declared: u64, actual: u64 },
+    SizeMismatch {
+        cid: Cid,
+        declared: u64,
+        actual: u64,
+    },
     #[error("refusing to write directory entry {name:?} of {dir}")]
     UnsafeName { dir: Cid, name: Box<str> },
     #[error("destination {0} exists and is not an empty directory")]
@@ -127,7 +131,10 @@ impl From<BlockError> for ReadError {
 }
 
 fn malformed(cid: &Cid, reason: impl Into<String>) -> ReadError {
-    ReadError::Malformed { cid: *cid, reason: reason.into() }
+    ReadError::Malformed {
+        cid: *cid,
+        reason: reason.into(),
+    }
 }
 
 /// A child of a file node with the content size its parent declares for it.
@@ -176,13 +183,18 @@ fn decode_node(cid: &Cid, block: Vec<u8>) -> Result<Node, ReadError> {
             }))
         }
         codec::DAG_PB => decode_dag_pb(cid, &block),
-        other => Err(ReadError::UnsupportedCodec { cid: *cid, codec: other }),
+        other => Err(ReadError::UnsupportedCodec {
+            cid: *cid,
+            codec: other,
+        }),
     }
 }
 
 fn decode_dag_pb(cid: &Cid, block: &[u8]) -> Result<Node, ReadError> {
     let node = PbNode::decode(block).map_err(|err| malformed(cid, err.to_string()))?;
-    let data = node.data.ok_or_else(|| malformed(cid, "dag-pb node without UnixFS data"))?;
+    let data = node
+        .data
+        .ok_or_else(|| malformed(cid, "dag-pb node without UnixFS data"))?;
     let unixfs = UnixfsData::decode(&data).map_err(|err| malformed(cid, err.to_string()))?;
     match unixfs.data_type {
         DataType::File | DataType::Raw => {
@@ -215,19 +227,34 @@ fn decode_dag_pb(cid: &Cid, block: &[u8]) -> Result<Node, ReadError> {
                 .links
                 .into_iter()
                 .zip(unixfs.blocksizes)
-                .map(|(link, size)| FileChild { cid: link.cid, size })
+                .map(|(link, size)| FileChild {
+                    cid: link.cid,
+                    size,
+                })
                 .collect();
-            let kind =
-                if unixfs.data_type == DataType::File { EntryKind::File } else { EntryKind::Raw };
-            Ok(Node::File(FileNode { kind, data: inline, children, size: total }))
+            let kind = if unixfs.data_type == DataType::File {
+                EntryKind::File
+            } else {
+                EntryKind::Raw
+            };
+            Ok(Node::File(FileNode {
+                kind,
+                data: inline,
+                children,
+                size: total,
+            }))
         }
         DataType::Directory => Ok(Node::Directory(node.links)),
         DataType::HamtShard => {
             if unixfs.hash_type != Some(HAMT_HASH_MURMUR3) {
-                return Err(malformed(cid, "HAMT shard without murmur3-x64-64 hash type"));
+                return Err(malformed(
+                    cid,
+                    "HAMT shard without murmur3-x64-64 hash type",
+                ));
             }
-            let fanout =
-                unixfs.fanout.ok_or_else(|| malformed(cid, "HAMT shard without fanout"))?;
+            let fanout = unixfs
+                .fanout
+                .ok_or_else(|| malformed(cid, "HAMT shard without fanout"))?;
             if !fanout.is_power_of_two() || !(2..=MAX_HAMT_FANOUT).contains(&fanout) {
                 return Err(malformed(cid, format!("unsupported HAMT fanout {fanout}")));
             }
@@ -248,19 +275,29 @@ pub fn stat<B: BlockGet + ?Sized>(store: &B, cid: &Cid) -> Result<Entry, ReadErr
     let block = get_verified(store, cid)?;
     let block_len = block.len();
     Ok(match decode_node(cid, block)? {
-        Node::File(file) => Entry { kind: file.kind, size: file.size },
-        Node::Directory(links) => {
-            Entry { kind: EntryKind::Directory, size: dag_size(block_len, &links) }
-        }
-        Node::Hamt(shard) => {
-            Entry { kind: EntryKind::Directory, size: dag_size(block_len, &shard.links) }
-        }
-        Node::Symlink(target) => Entry { kind: EntryKind::Symlink, size: target.len() as u64 },
+        Node::File(file) => Entry {
+            kind: file.kind,
+            size: file.size,
+        },
+        Node::Directory(links) => Entry {
+            kind: EntryKind::Directory,
+            size: dag_size(block_len, &links),
+        },
+        Node::Hamt(shard) => Entry {
+            kind: EntryKind::Directory,
+            size: dag_size(block_len, &shard.links),
+        },
+        Node::Symlink(target) => Entry {
+            kind: EntryKind::Symlink,
+            size: target.len() as u64,
+        },
     })
 }
 
 fn dag_size(block_len: usize, links: &[PbLink]) -> u64 {
-    links.iter().fold(block_len as u64, |sum, link| sum.saturating_add(link.tsize.unwrap_or(0)))
+    links.iter().fold(block_len as u64, |sum, link| {
+        sum.saturating_add(link.tsize.unwrap_or(0))
+    })
 }
 
 /// Follows `path` (segments separated by `/`, already percent-decoded) from `root` through
@@ -269,19 +306,25 @@ fn dag_size(block_len: usize, links: &[PbLink]) -> u64 {
 pub fn resolve<B: BlockGet + ?Sized>(store: &B, root: &Cid, path: &str) -> Result<Cid, ReadError> {
     let segments = split_path(path)?;
     if segments.len() > MAX_DEPTH {
-        return Err(ReadError::TooDeep { cid: *root, limit: MAX_DEPTH });
+        return Err(ReadError::TooDeep {
+            cid: *root,
+            limit: MAX_DEPTH,
+        });
     }
     let mut current = *root;
     for segment in segments {
         let found = match load(store, &current)? {
-            Node::Directory(links) => {
-                links.iter().find(|link| link.name.as_deref() == Some(segment)).map(|link| link.cid)
-            }
+            Node::Directory(links) => links
+                .iter()
+                .find(|link| link.name.as_deref() == Some(segment))
+                .map(|link| link.cid),
             Node::Hamt(shard) => hamt_lookup(store, &current, shard, segment)?,
             Node::File(_) | Node::Symlink(_) => return Err(ReadError::NotADirectory(current)),
         };
-        current = found
-            .ok_or_else(|| ReadError::NoSuchEntry { dir: current, segment: segment.into() })?;
+        current = found.ok_or_else(|| ReadError::NoSuchEntry {
+            dir: current,
+            segment: segment.into(),
+        })?;
     }
     Ok(current)
 }
@@ -291,7 +334,10 @@ fn split_path(path: &str) -> Result<Vec<&str>, ReadError> {
     if relative.is_empty() {
         return Ok(Vec::new());
     }
-    let invalid = |reason| ReadError::InvalidPath { path: path.to_string(), reason };
+    let invalid = |reason| ReadError::InvalidPath {
+        path: path.to_string(),
+        reason,
+    };
     relative
         .split('/')
         .map(|segment| match segment {
@@ -319,7 +365,12 @@ pub fn list_dir<B: BlockGet + Sync + ?Sized>(
                 let entry = stat(store, &link.cid)?;
                 (entry.kind, entry.size)
             };
-            Ok(DirEntry { name: link.name, cid: link.cid, kind, size })
+            Ok(DirEntry {
+                name: link.name,
+                cid: link.cid,
+                kind,
+                size,
+            })
         })
         .collect()
 }
@@ -342,9 +393,14 @@ fn directory_links<B: BlockGet + ?Sized>(
     match node {
         Node::Directory(links) => {
             for link in links {
-                let name =
-                    link.name.ok_or_else(|| malformed(cid, "directory link without a name"))?;
-                named.push(NamedLink { name, cid: link.cid, tsize: link.tsize });
+                let name = link
+                    .name
+                    .ok_or_else(|| malformed(cid, "directory link without a name"))?;
+                named.push(NamedLink {
+                    name,
+                    cid: link.cid,
+                    tsize: link.tsize,
+                });
             }
         }
         Node::Hamt(shard) => collect_shard(store, cid, shard, depth, &mut named)?,
@@ -352,7 +408,10 @@ fn directory_links<B: BlockGet + ?Sized>(
     }
     named.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     if let Some(pair) = named.windows(2).find(|pair| pair[0].name == pair[1].name) {
-        return Err(malformed(cid, format!("two entries named {:?}", pair[0].name)));
+        return Err(malformed(
+            cid,
+            format!("two entries named {:?}", pair[0].name),
+        ));
     }
     Ok(named)
 }
@@ -365,16 +424,26 @@ fn collect_shard<B: BlockGet + ?Sized>(
     named: &mut Vec<NamedLink>,
 ) -> Result<(), ReadError> {
     if depth > MAX_DEPTH {
-        return Err(ReadError::TooDeep { cid: *cid, limit: MAX_DEPTH });
+        return Err(ReadError::TooDeep {
+            cid: *cid,
+            limit: MAX_DEPTH,
+        });
     }
     for link in shard.links {
-        let label =
-            link.name.as_deref().ok_or_else(|| malformed(cid, "HAMT link without a name"))?;
+        let label = link
+            .name
+            .as_deref()
+            .ok_or_else(|| malformed(cid, "HAMT link without a name"))?;
         let (_, entry_name) = split_shard_label(cid, label, shard.prefix_len)?;
         if entry_name.is_empty() {
             match load(store, &link.cid)? {
                 Node::Hamt(child) => collect_shard(store, &link.cid, child, depth + 1, named)?,
-                _ => return Err(malformed(&link.cid, "HAMT sub-shard link to a non-shard node")),
+                _ => {
+                    return Err(malformed(
+                        &link.cid,
+                        "HAMT sub-shard link to a non-shard node",
+                    ))
+                }
             }
         } else {
             named.push(NamedLink {
@@ -394,8 +463,12 @@ fn split_shard_label<'a>(
     label: &'a str,
     prefix_len: usize,
 ) -> Result<(u64, &'a str), ReadError> {
-    let bad =
-        || malformed(cid, format!("HAMT link name {label:?} does not start with a bucket index"));
+    let bad = || {
+        malformed(
+            cid,
+            format!("HAMT link name {label:?} does not start with a bucket index"),
+        )
+    };
     let prefix = label.get(..prefix_len).ok_or_else(bad)?;
     if !prefix.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(bad());
@@ -448,7 +521,10 @@ fn hamt_lookup<B: BlockGet + ?Sized>(
         };
         shard_cid = next;
     }
-    Err(ReadError::TooDeep { cid: *root, limit: MAX_DEPTH })
+    Err(ReadError::TooDeep {
+        cid: *root,
+        limit: MAX_DEPTH,
+    })
 }
 
 /// The first 64 bits of MurmurHash3 x64_128 with seed 0, read big-endian: the hash that
@@ -504,15 +580,23 @@ where
     if offset >= end {
         return Ok(0);
     }
-    let mut reader =
-        FileReader { store, jobs: None, in_flight: 0, range: offset..end, out, written: 0 };
+    let mut reader = FileReader {
+        store,
+        jobs: None,
+        in_flight: 0,
+        range: offset..end,
+        out,
+        written: 0,
+    };
     if root.children.is_empty() {
         reader.emit(&root.data, 0)?;
         return Ok(reader.written);
     }
     let (jobs, job_queue) = mpsc::channel::<FetchJob>();
     let job_queue = Arc::new(Mutex::new(job_queue));
-    let workers = thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let workers = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8);
     thread::scope(|scope| {
         for _ in 0..workers {
             let job_queue = Arc::clone(&job_queue);
@@ -565,7 +649,8 @@ impl<B: BlockGet + ?Sized, W: Write + ?Sized> FileReader<'_, B, W> {
         let from = self.range.start.max(start);
         let to = self.range.end.min(end);
         if from < to {
-            self.out.write_all(&data[(from - start) as usize..(to - start) as usize])?;
+            self.out
+                .write_all(&data[(from - start) as usize..(to - start) as usize])?;
             self.written += to - from;
         }
         Ok(())
@@ -579,7 +664,10 @@ impl<B: BlockGet + ?Sized, W: Write + ?Sized> FileReader<'_, B, W> {
         depth: usize,
     ) -> Result<(), ReadError> {
         if depth > MAX_DEPTH {
-            return Err(ReadError::TooDeep { cid: *cid, limit: MAX_DEPTH });
+            return Err(ReadError::TooDeep {
+                cid: *cid,
+                limit: MAX_DEPTH,
+            });
         }
         self.emit(&node.data, start)?;
         let mut child_start = start + node.data.len() as u64;
@@ -605,7 +693,9 @@ impl<B: BlockGet + ?Sized, W: Write + ?Sized> FileReader<'_, B, W> {
                 && dispatched < index + PREFETCH_PER_NODE
                 && self.in_flight < PREFETCH_TOTAL
             {
-                let Some(reply) = self.dispatch(&wanted[dispatched].0.cid) else { break };
+                let Some(reply) = self.dispatch(&wanted[dispatched].0.cid) else {
+                    break;
+                };
                 pending.push_back(reply);
                 dispatched += 1;
             }
@@ -642,7 +732,10 @@ impl<B: BlockGet + ?Sized, W: Write + ?Sized> FileReader<'_, B, W> {
         depth: usize,
     ) -> Result<(), ReadError> {
         let Node::File(node) = decode_node(&child.cid, block)? else {
-            return Err(malformed(&child.cid, "file links to a node that is not file data"));
+            return Err(malformed(
+                &child.cid,
+                "file links to a node that is not file data",
+            ));
         };
         if node.size != child.size {
             return Err(ReadError::SizeMismatch {
@@ -671,7 +764,12 @@ pub fn get_tree<B: BlockGet + Sync + ?Sized>(
     let is_directory = matches!(root, Node::Directory(_) | Node::Hamt(_));
     let into_existing = match fs::symlink_metadata(dest) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => false,
-        Err(source) => return Err(ReadError::WritePath { path: dest.to_path_buf(), source }),
+        Err(source) => {
+            return Err(ReadError::WritePath {
+                path: dest.to_path_buf(),
+                source,
+            })
+        }
         Ok(meta) => {
             let empty_dir = meta.is_dir() && is_empty_dir(dest)?;
             if !(empty_dir && is_directory) {
@@ -697,8 +795,10 @@ pub fn get_tree<B: BlockGet + Sync + ?Sized>(
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool, ReadError> {
-    let mut entries = fs::read_dir(path)
-        .map_err(|source| ReadError::WritePath { path: path.to_path_buf(), source })?;
+    let mut entries = fs::read_dir(path).map_err(|source| ReadError::WritePath {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(entries.next().is_none())
 }
 
@@ -709,7 +809,10 @@ fn remove_path(path: &Path) {
         Err(_) => Ok(()),
     };
     if let Err(err) = removed {
-        tracing::warn!("could not remove incomplete output {}: {err}", path.display());
+        tracing::warn!(
+            "could not remove incomplete output {}: {err}",
+            path.display()
+        );
     }
 }
 
@@ -722,9 +825,15 @@ fn write_node<B: BlockGet + Sync + ?Sized>(
     depth: usize,
 ) -> Result<(), ReadError> {
     if depth > MAX_DEPTH {
-        return Err(ReadError::TooDeep { cid: *cid, limit: MAX_DEPTH });
+        return Err(ReadError::TooDeep {
+            cid: *cid,
+            limit: MAX_DEPTH,
+        });
     }
-    let write_error = |source| ReadError::WritePath { path: path.to_path_buf(), source };
+    let write_error = |source| ReadError::WritePath {
+        path: path.to_path_buf(),
+        source,
+    };
     match node {
         Node::File(file) => {
             let mut out = fs::OpenOptions::new()
@@ -745,7 +854,14 @@ fn write_node<B: BlockGet + Sync + ?Sized>(
             }
             for link in links {
                 let child = load(store, &link.cid)?;
-                write_node(store, &link.cid, child, &path.join(&link.name), false, depth + 1)?;
+                write_node(
+                    store,
+                    &link.cid,
+                    child,
+                    &path.join(&link.name),
+                    false,
+                    depth + 1,
+                )?;
             }
         }
     }
@@ -754,7 +870,10 @@ fn write_node<B: BlockGet + Sync + ?Sized>(
 
 fn check_entry_name(dir: &Cid, name: &str) -> Result<(), ReadError> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(ReadError::UnsafeName { dir: *dir, name: name.into() });
+        return Err(ReadError::UnsafeName {
+            dir: *dir,
+            name: name.into(),
+        });
     }
     Ok(())
 }
@@ -767,7 +886,10 @@ fn create_symlink(target: &[u8], path: &Path) -> io::Result<()> {
 
 #[cfg(not(unix))]
 fn create_symlink(_target: &[u8], _path: &Path) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "symlinks are only written on Unix"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "symlinks are only written on Unix",
+    ))
 }
 
 #[cfg(test)]
@@ -786,7 +908,10 @@ mod tests {
         assert_eq!(split_path("").unwrap(), Vec::<&str>::new());
         assert_eq!(split_path("/a/b").unwrap(), vec!["a", "b"]);
         for bad in ["a//b", "a/../b", "./a", "a/", "a\0b"] {
-            assert!(matches!(split_path(bad), Err(ReadError::InvalidPath { .. })), "{bad:?}");
+            assert!(
+                matches!(split_path(bad), Err(ReadError::InvalidPath { .. })),
+                "{bad:?}"
+            );
         }
     }
 
@@ -799,9 +924,17 @@ mod tests {
         unixfs.data = Some(vec![0; 32]);
         let links = links
             .into_iter()
-            .map(|(name, cid)| PbLink { cid, name: Some(name), tsize: Some(1) })
+            .map(|(name, cid)| PbLink {
+                cid,
+                name: Some(name),
+                tsize: Some(1),
+            })
             .collect();
-        let bytes = PbNode { links, data: Some(unixfs.encode()) }.encode();
+        let bytes = PbNode {
+            links,
+            data: Some(unixfs.encode()),
+        }
+        .encode();
         let cid = cid_v1(codec::DAG_PB, &bytes);
         store.put_block(&cid, &bytes).unwrap();
         cid
@@ -826,7 +959,10 @@ mod tests {
             .iter()
             .enumerate()
             .find_map(|(i, a)| {
-                names[i + 1..].iter().find(|b| hash_byte(a, 0) == hash_byte(b, 0)).map(|b| (a, b))
+                names[i + 1..]
+                    .iter()
+                    .find(|b| hash_byte(a, 0) == hash_byte(b, 0))
+                    .map(|b| (a, b))
             })
             .expect("100 names over 256 buckets collide");
         assert_ne!(hash_byte(first, 1), hash_byte(second, 1));
@@ -838,7 +974,10 @@ mod tests {
                 (label(second, 1), put_raw(&store, second)),
             ],
         );
-        let loner = names.iter().find(|n| hash_byte(n, 0) != hash_byte(first, 0)).unwrap();
+        let loner = names
+            .iter()
+            .find(|n| hash_byte(n, 0) != hash_byte(first, 0))
+            .unwrap();
         let root = put_shard(
             &store,
             vec![
@@ -850,8 +989,11 @@ mod tests {
             let found = resolve(&store, &root, name).unwrap();
             assert_eq!(store.get_block(&found).unwrap(), name.as_bytes());
         }
-        let listed: Vec<String> =
-            list_dir(&store, &root).unwrap().into_iter().map(|entry| entry.name).collect();
+        let listed: Vec<String> = list_dir(&store, &root)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
         let mut expected = vec![first.clone(), second.clone(), loner.clone()];
         expected.sort();
         assert_eq!(listed, expected);
@@ -863,13 +1005,21 @@ mod tests {
             .cloned()
             .unwrap_or_else(|| "absent".into());
         for missing in [same_bucket.as_str(), "no-such-lesson.html"] {
-            assert!(matches!(resolve(&store, &root, missing), Err(ReadError::NoSuchEntry { .. })));
+            assert!(matches!(
+                resolve(&store, &root, missing),
+                Err(ReadError::NoSuchEntry { .. })
+            ));
         }
 
         // A sub-shard label that points at a file is malformed.
-        let bogus =
-            put_shard(&store, vec![(format!("{:02X}", hash_byte(first, 0)), put_raw(&store, "x"))]);
-        assert!(matches!(resolve(&store, &bogus, first), Err(ReadError::Malformed { .. })));
+        let bogus = put_shard(
+            &store,
+            vec![(format!("{:02X}", hash_byte(first, 0)), put_raw(&store, "x"))],
+        );
+        assert!(matches!(
+            resolve(&store, &bogus, first),
+            Err(ReadError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -34,7 +34,10 @@ const CARV1_BASIC_BLOCKS: [&str; 8] = [
 ];
 
 fn hex(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn fixture() -> Vec<u8> {
@@ -129,17 +132,35 @@ fn sample_store() -> (MemoryBlocks, Cid, Vec<u8>) {
         cid
     };
     let parts = [vec![1u8; 3000], vec![2u8; 500]];
-    let leaves: Vec<Cid> = parts.iter().map(|part| put(codec::RAW, part.clone())).collect();
+    let leaves: Vec<Cid> = parts
+        .iter()
+        .map(|part| put(codec::RAW, part.clone()))
+        .collect();
     let mut file = UnixfsData::new(DataType::File);
     file.filesize = Some(3500);
     file.blocksizes = vec![3000, 500];
     let links = leaves
         .iter()
         .zip([3000, 500])
-        .map(|(cid, size)| PbLink { cid: *cid, name: Some(String::new()), tsize: Some(size) })
+        .map(|(cid, size)| PbLink {
+            cid: *cid,
+            name: Some(String::new()),
+            tsize: Some(size),
+        })
         .collect();
-    let file_cid = put(codec::DAG_PB, PbNode { links, data: Some(file.encode()) }.encode());
-    let entry = |name: &str| PbLink { cid: file_cid, name: Some(name.into()), tsize: Some(3600) };
+    let file_cid = put(
+        codec::DAG_PB,
+        PbNode {
+            links,
+            data: Some(file.encode()),
+        }
+        .encode(),
+    );
+    let entry = |name: &str| PbLink {
+        cid: file_cid,
+        name: Some(name.into()),
+        tsize: Some(3600),
+    };
     let dir = PbNode {
         links: vec![entry("a.bin"), entry("b.bin")],
         data: Some(UnixfsData::new(DataType::Directory).encode()),
@@ -153,8 +174,12 @@ fn round_trips_a_unixfs_tree_through_a_file() {
     let (store, root, content) = sample_store();
     let temp = tempfile::tempdir().unwrap();
     let path = temp.path().join("tree.car");
-    let summary =
-        export_dag(&store, &[root], BufWriter::new(File::create(&path).unwrap())).unwrap();
+    let summary = export_dag(
+        &store,
+        &[root],
+        BufWriter::new(File::create(&path).unwrap()),
+    )
+    .unwrap();
     assert_eq!(summary.blocks, 4, "the shared file is written once");
 
     let mut reader = CarReader::new(File::open(&path).unwrap()).unwrap();
@@ -188,14 +213,19 @@ fn export_stops_at_a_corrupt_or_missing_block() {
     );
     let absent = cid_v1(codec::RAW, b"absent");
     assert!(store.get_block(&absent).is_err());
-    assert!(matches!(export_dag(&store, &[absent], Vec::new()), Err(CarError::Links(_))));
+    assert!(matches!(
+        export_dag(&store, &[absent], Vec::new()),
+        Err(CarError::Links(_))
+    ));
 }
 
 #[test]
 fn every_truncation_is_reported() {
     let bytes = fixture();
-    let boundaries: HashSet<usize> =
-        section_layout(&bytes).iter().map(|(start, ..)| *start).collect();
+    let boundaries: HashSet<usize> = section_layout(&bytes)
+        .iter()
+        .map(|(start, ..)| *start)
+        .collect();
     let header_end = section_layout(&bytes)[0].0;
     for cut in 0..bytes.len() {
         let result = read_all(&bytes[..cut]);
@@ -203,7 +233,10 @@ fn every_truncation_is_reported() {
             // A cut between sections is indistinguishable from a shorter archive.
             assert!(result.is_ok(), "cut at {cut}");
         } else {
-            assert!(matches!(result, Err(CarError::Truncated { .. })), "cut at {cut}: {result:?}");
+            assert!(
+                matches!(result, Err(CarError::Truncated { .. })),
+                "cut at {cut}: {result:?}"
+            );
         }
     }
 }
@@ -265,9 +298,15 @@ fn hostile_headers_are_rejected() {
         ("not a map", header_bytes(&Ipld::List(vec![]))),
         ("garbage cbor", vec![0x03, 0xff, 0xff, 0xff]),
         ("carv2 pragma", hex("0aa16776657273696f6e02")),
-        ("version 2", header_bytes(&header(vec![Ipld::Link(cid_v1(codec::RAW, b"x"))], 2))),
+        (
+            "version 2",
+            header_bytes(&header(vec![Ipld::Link(cid_v1(codec::RAW, b"x"))], 2)),
+        ),
         ("no roots", header_bytes(&header(vec![], 1))),
-        ("root not a link", header_bytes(&header(vec![Ipld::String("x".into())], 1))),
+        (
+            "root not a link",
+            header_bytes(&header(vec![Ipld::String("x".into())], 1)),
+        ),
     ];
     for (name, bytes) in cases {
         let err = read_all(&bytes).unwrap_err();
@@ -297,7 +336,11 @@ fn hostile_sections_are_rejected_before_allocating() {
     let err = read_all(&with(&[0xff; 10])).unwrap_err();
     assert!(matches!(err, CarError::BadVarint { .. }), "{err}");
 
-    for bad_cid in [&[0x03u8, 0x55, 0x12, 0x20][..], &[0x01, 0x55, 0x12, 0x20, 0x00], &[]] {
+    for bad_cid in [
+        &[0x03u8, 0x55, 0x12, 0x20][..],
+        &[0x01, 0x55, 0x12, 0x20, 0x00],
+        &[],
+    ] {
         let mut section = varint(bad_cid.len() as u64);
         section.extend_from_slice(bad_cid);
         let err = read_all(&with(&section)).unwrap_err();
@@ -311,7 +354,10 @@ fn hostile_sections_are_rejected_before_allocating() {
     section.extend_from_slice(b"data");
     let err = read_all(&with(&section)).unwrap_err();
     assert!(
-        matches!(err, CarError::Block(BlockError::UnsupportedHash { code: 0x1e, .. })),
+        matches!(
+            err,
+            CarError::Block(BlockError::UnsupportedHash { code: 0x1e, .. })
+        ),
         "{err}"
     );
 
@@ -322,12 +368,18 @@ fn hostile_sections_are_rejected_before_allocating() {
     section.extend_from_slice(&cid.to_bytes());
     section.extend_from_slice(&data);
     let err = read_all(&with(&section)).unwrap_err();
-    assert!(matches!(err, CarError::Block(BlockError::TooLarge { .. })), "{err}");
+    assert!(
+        matches!(err, CarError::Block(BlockError::TooLarge { .. })),
+        "{err}"
+    );
 }
 
 #[test]
 fn writer_refuses_what_readers_would_reject() {
-    assert!(matches!(CarWriter::new(Vec::new(), &[]), Err(CarError::NoRoots)));
+    assert!(matches!(
+        CarWriter::new(Vec::new(), &[]),
+        Err(CarError::NoRoots)
+    ));
     let cid = cid_v1(codec::RAW, b"z");
     let mut writer = CarWriter::new(Vec::new(), &[cid]).unwrap();
     let big = vec![0u8; MAX_BLOCK_BYTES + 1];

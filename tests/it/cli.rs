@@ -18,7 +18,11 @@ impl Node {
         let repo = dir.path().join("repo");
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
-        Node { _dir: dir, repo, work }
+        Node {
+            _dir: dir,
+            repo,
+            work,
+        }
     }
 
     pub fn init() -> Node {
@@ -73,8 +77,12 @@ impl Node {
 
 fn block_file(repo: &Path, cid: &str) -> PathBuf {
     let cid = cid::Cid::try_from(cid).unwrap();
-    let name = cid::multibase::encode(cid::multibase::Base::Base32Lower, cid.hash().to_bytes())[1..].to_string();
-    repo.join("blocks").join(&name[name.len() - 3..name.len() - 1]).join(name)
+    let name = cid::multibase::encode(cid::multibase::Base::Base32Lower, cid.hash().to_bytes())
+        [1..]
+        .to_string();
+    repo.join("blocks")
+        .join(&name[name.len() - 3..name.len() - 1])
+        .join(name)
 }
 
 #[test]
@@ -83,10 +91,16 @@ fn init_creates_a_documented_repository_with_a_private_key() {
     let missing = node.fails(&["stat"]);
     assert!(missing.contains("oermesh init"), "{missing}");
     node.ok(&["init"]);
-    let mode = std::fs::metadata(node.repo.join("node.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(node.repo.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let config = std::fs::read_to_string(node.repo.join("config.toml")).unwrap();
-    assert!(config.contains("cache_mb") && config.contains("# "), "{config}");
+    assert!(
+        config.contains("cache_mb") && config.contains("# "),
+        "{config}"
+    );
     assert!(node.fails(&["init"]).contains("already"));
     // --repo works after the subcommand too.
     let other = node.work.join("other");
@@ -99,8 +113,17 @@ fn add_cat_ls_get_round_trip_with_reference_cids() {
     let node = Node::init();
     let hello = node.write("hello.txt", b"hello world");
     let out = node.ok(&["add", hello.to_str().unwrap()]);
-    assert_eq!(out, "added bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e hello.txt\n");
-    let v0 = node.ok(&["add", "-Q", "--profile", "unixfs-v0-2015", hello.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        "added bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e hello.txt\n"
+    );
+    let v0 = node.ok(&[
+        "add",
+        "-Q",
+        "--profile",
+        "unixfs-v0-2015",
+        hello.to_str().unwrap(),
+    ]);
     assert_eq!(v0.trim(), "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD");
 
     let big = generated_bytes(3 * 1024 * 1024 + 17, 99);
@@ -108,15 +131,28 @@ fn add_cat_ls_get_round_trip_with_reference_cids() {
     node.write("lesson/Ελληνικά/σημειώσεις.md", "Καλημέρα".as_bytes());
     std::fs::create_dir_all(node.work.join("lesson/empty")).unwrap();
     let listing = node.ok(&["add", "-r", &node.path("lesson")]);
-    let root = listing.lines().last().unwrap().split(' ').nth(1).unwrap().to_string();
-    assert!(listing.contains("lesson/Ελληνικά/σημειώσεις.md"), "{listing}");
+    let root = listing
+        .lines()
+        .last()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        listing.contains("lesson/Ελληνικά/σημειώσεις.md"),
+        "{listing}"
+    );
     let quiet = node.ok(&["add", "-r", "-Q", &node.path("lesson")]);
     assert_eq!(quiet.trim(), root);
     let only_hash = node.ok(&["add", "-r", "-Q", "-n", &node.path("lesson")]);
     assert_eq!(only_hash.trim(), root);
 
     let ls = node.ok(&["ls", &root]);
-    let names: Vec<&str> = ls.lines().map(|line| line.split_whitespace().last().unwrap()).collect();
+    let names: Vec<&str> = ls
+        .lines()
+        .map(|line| line.split_whitespace().last().unwrap())
+        .collect();
     assert_eq!(names, vec!["empty/", "video.bin", "Ελληνικά/"]);
     assert!(ls.contains(&(big.len()).to_string()), "{ls}");
 
@@ -127,9 +163,14 @@ fn add_cat_ls_get_round_trip_with_reference_cids() {
     assert_eq!(greek, "Καλημέρα");
 
     node.ok(&["get", &root, "-o", &node.path("copy")]);
-    assert_eq!(std::fs::read(node.work.join("copy/video.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(node.work.join("copy/video.bin")).unwrap(),
+        big
+    );
     assert!(node.work.join("copy/empty").is_dir());
-    assert!(node.fails(&["cat", &format!("{root}/nope.txt")]).contains("nope.txt"));
+    assert!(node
+        .fails(&["cat", &format!("{root}/nope.txt")])
+        .contains("nope.txt"));
 }
 
 #[test]
@@ -137,7 +178,10 @@ fn export_and_import_carry_a_tree_between_repositories() {
     let school_a = Node::init();
     school_a.write("unit/a.txt", &generated_bytes(2_000_000, 1));
     school_a.write("unit/b.txt", b"b");
-    let root = school_a.ok(&["add", "-r", "-Q", &school_a.path("unit")]).trim().to_string();
+    let root = school_a
+        .ok(&["add", "-r", "-Q", &school_a.path("unit")])
+        .trim()
+        .to_string();
     let car = school_a.path("unit.car");
     let out = school_a.ok(&["export", &root, "-o", &car]);
     assert!(out.contains("exported"), "{out}");
@@ -154,7 +198,10 @@ fn export_and_import_carry_a_tree_between_repositories() {
 fn a_damaged_car_imports_nothing() {
     let source = Node::init();
     source.write("unit/a.bin", &generated_bytes(1_500_000, 5));
-    let root = source.ok(&["add", "-r", "-Q", &source.path("unit")]).trim().to_string();
+    let root = source
+        .ok(&["add", "-r", "-Q", &source.path("unit")])
+        .trim()
+        .to_string();
     let car_path = source.path("unit.car");
     source.ok(&["export", &root, "-o", &car_path]);
     let car = std::fs::read(&car_path).unwrap();
@@ -165,7 +212,10 @@ fn a_damaged_car_imports_nothing() {
     flipped[at] ^= 0x40;
     let flipped_path = target.write("flipped.car", &flipped);
     let err = target.fails(&["import", flipped_path.to_str().unwrap()]);
-    assert!(err.contains("flipped.car") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("flipped.car") && err.contains("corrupt"),
+        "{err}"
+    );
 
     let truncated_path = target.write("truncated.car", &car[..car.len() / 2]);
     let err = target.fails(&["import", truncated_path.to_str().unwrap()]);
@@ -184,7 +234,10 @@ fn corruption_on_disk_is_named_and_never_served() {
     let node = Node::init();
     let data = generated_bytes(1024 * 1024 * 2 + 5, 3);
     node.write("f.bin", &data);
-    let root = node.ok(&["add", "-Q", &node.path("f.bin")]).trim().to_string();
+    let root = node
+        .ok(&["add", "-Q", &node.path("f.bin")])
+        .trim()
+        .to_string();
     assert!(node.ok(&["verify"]).contains("all good"));
 
     // Flip one bit in the first leaf's file.
@@ -199,17 +252,32 @@ fn corruption_on_disk_is_named_and_never_served() {
     assert!(String::from_utf8_lossy(&cat.stderr).contains(&first_leaf.to_string()));
     let verify = node.run(&["verify"]);
     assert_eq!(verify.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&verify.stdout).contains(&format!("corrupt block {first_leaf}")));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains(&format!("corrupt block {first_leaf}"))
+    );
     node.fails(&["export", &root, "-o", &node.path("out.car")]);
-    assert!(!node.work.join("out.car").exists(), "no partial CAR is left behind");
+    assert!(
+        !node.work.join("out.car").exists(),
+        "no partial CAR is left behind"
+    );
 }
 
 #[test]
 fn pin_rm_and_gc_free_the_space() {
     let node = Node::init();
     node.write("f.bin", &generated_bytes(3_000_000, 8));
-    let root = node.ok(&["add", "-Q", &node.path("f.bin")]).trim().to_string();
-    let kept = node.ok(&["add", "-Q", &node.write("k.txt", b"keep").display().to_string()]).trim().to_string();
+    let root = node
+        .ok(&["add", "-Q", &node.path("f.bin")])
+        .trim()
+        .to_string();
+    let kept = node
+        .ok(&[
+            "add",
+            "-Q",
+            &node.write("k.txt", b"keep").display().to_string(),
+        ])
+        .trim()
+        .to_string();
     assert!(node.ok(&["gc"]).contains("removed 0 blocks"));
     node.ok(&["pin", "rm", &root]);
     let gc = node.ok(&["gc"]);
@@ -217,19 +285,25 @@ fn pin_rm_and_gc_free_the_space() {
     assert!(gc.contains("2.9 MiB"), "{gc}");
     assert_eq!(node.ok(&["cat", &kept]), "keep");
     node.fails(&["cat", &root]);
-    assert!(node.fails(&["pin", "add", &root]).contains("not in the store"));
+    assert!(node
+        .fails(&["pin", "add", &root])
+        .contains("not in the store"));
 }
 
 #[test]
 fn bad_input_gets_one_clear_line() {
     let node = Node::init();
     assert!(node.fails(&["cat", "not-a-cid"]).contains("not-a-cid"));
-    assert!(node.fails(&["add", &node.path("missing.txt")]).contains("missing.txt"));
+    assert!(node
+        .fails(&["add", &node.path("missing.txt")])
+        .contains("missing.txt"));
     std::fs::create_dir_all(node.work.join("dir")).unwrap();
     assert!(node.fails(&["add", &node.path("dir")]).contains("-r"));
     std::fs::create_dir_all(node.work.join("loop/inner")).unwrap();
     std::os::unix::fs::symlink(node.work.join("loop"), node.work.join("loop/inner/back")).unwrap();
-    assert!(node.fails(&["add", "-r", &node.path("loop")]).contains("loop"));
+    assert!(node
+        .fails(&["add", "-r", &node.path("loop")])
+        .contains("loop"));
     assert!(node.ok(&["verify"]).contains("all good"));
     assert_eq!(node.ok(&["pin", "ls"]), "");
 }

@@ -33,7 +33,9 @@ async fn http_get(daemon: &Daemon, path: &str) -> (u16, Vec<(String, String)>, S
     let raw = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).unwrap();
@@ -44,7 +46,14 @@ async fn http_get(daemon: &Daemon, path: &str) -> (u16, Vec<(String, String)>, S
     let text = String::from_utf8(raw).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
@@ -53,11 +62,20 @@ async fn http_get(daemon: &Daemon, path: &str) -> (u16, Vec<(String, String)>, S
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 async fn connected_to(daemon: &Daemon, other: PeerId) -> bool {
-    daemon.client().peers().await.unwrap().iter().any(|peer| peer.peer_id == other)
+    daemon
+        .client()
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|peer| peer.peer_id == other)
 }
 
 /// Polls until both daemons list each other as connected.
@@ -67,7 +85,10 @@ async fn wait_until_connected(a: &Daemon, b: &Daemon) {
         if connected_to(a, b.peer_id()).await && connected_to(b, a.peer_id()).await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "peers not connected within {CONNECT_DEADLINE:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peers not connected within {CONNECT_DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -75,7 +96,10 @@ async fn wait_until_connected(a: &Daemon, b: &Daemon) {
 async fn wait_until_disconnected(daemon: &Daemon, other: PeerId) {
     let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
     while connected_to(daemon, other).await {
-        assert!(tokio::time::Instant::now() < deadline, "still connected after {CONNECT_DEADLINE:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still connected after {CONNECT_DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -104,20 +128,34 @@ async fn a_daemon_on_an_empty_dir_creates_the_repository_and_serves_its_page_and
     let root = dir.path().join("node");
     let (repo, created) = Repo::open_or_init(&root).unwrap();
     assert!(created);
-    let daemon = Daemon::start(repo, loopback_options("/ip4/127.0.0.1/tcp/0")).await.unwrap();
+    let daemon = Daemon::start(repo, loopback_options("/ip4/127.0.0.1/tcp/0"))
+        .await
+        .unwrap();
     assert!(root.join("config.toml").is_file() && root.join("node.key").is_file());
-    assert!(tcp_port(&daemon.listen_addrs()[0]) != 0, "the real port is reported");
+    assert!(
+        tcp_port(&daemon.listen_addrs()[0]) != 0,
+        "the real port is reported"
+    );
     let summary = daemon.summary();
-    for part in [root.display().to_string(), daemon.peer_id().to_string(), daemon.page_url()] {
+    for part in [
+        root.display().to_string(),
+        daemon.peer_id().to_string(),
+        daemon.page_url(),
+    ] {
         assert!(summary.contains(&part), "{summary} lacks {part}");
     }
 
     let (status, headers, body) = http_get(&daemon, "/").await;
     assert_eq!(status, 200);
-    assert!(header(&headers, "content-type").unwrap().starts_with("text/html"));
+    assert!(header(&headers, "content-type")
+        .unwrap()
+        .starts_with("text/html"));
     assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     let csp = header(&headers, "content-security-policy").unwrap();
-    assert!(csp.starts_with("default-src 'none'") && csp.contains("style-src 'sha256-"), "{csp}");
+    assert!(
+        csp.starts_with("default-src 'none'") && csp.contains("style-src 'sha256-"),
+        "{csp}"
+    );
     assert!(body.contains("<html lang=\"en\">"));
     assert!(body.contains(&daemon.peer_id().to_string()));
     assert!(body.contains("Nothing is pinned yet"));
@@ -125,14 +163,22 @@ async fn a_daemon_on_an_empty_dir_creates_the_repository_and_serves_its_page_and
 
     let (status, headers, body) = http_get(&daemon, "/api/status").await;
     assert_eq!(status, 200);
-    assert!(header(&headers, "content-type").unwrap().starts_with("application/json"));
+    assert!(header(&headers, "content-type")
+        .unwrap()
+        .starts_with("application/json"));
     assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["peer_id"], daemon.peer_id().to_string());
     assert_eq!(json["peers"], serde_json::json!([]));
-    assert_eq!((json["blocks"].as_u64(), json["bytes"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (json["blocks"].as_u64(), json["bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(json["pins"], serde_json::json!([]));
-    assert_eq!(json["listen_addrs"][0], daemon.listen_addrs()[0].to_string());
+    assert_eq!(
+        json["listen_addrs"][0],
+        daemon.listen_addrs()[0].to_string()
+    );
 
     let (status, headers, _) = http_get(&daemon, "/no/such/page").await;
     assert_eq!(status, 404);
@@ -153,7 +199,9 @@ async fn pins_show_on_the_page_and_in_the_status() {
     oermesh::block::BlockPut::put_block(&batch, &cid, data).unwrap();
     batch.commit().unwrap();
     repo.store().pin(&cid, "user").unwrap();
-    let daemon = Daemon::start(repo, loopback_options("/ip4/127.0.0.1/tcp/0")).await.unwrap();
+    let daemon = Daemon::start(repo, loopback_options("/ip4/127.0.0.1/tcp/0"))
+        .await
+        .unwrap();
 
     let (_, _, page) = http_get(&daemon, "/").await;
     assert!(page.contains(&cid.to_string()));
@@ -161,7 +209,10 @@ async fn pins_show_on_the_page_and_in_the_status() {
     let json: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(json["pins"][0]["cid"], cid.to_string());
     assert_eq!(json["pins"][0]["reasons"], serde_json::json!(["user"]));
-    assert_eq!((json["blocks"].as_u64(), json["bytes"].as_u64()), (Some(1), Some(data.len() as u64)));
+    assert_eq!(
+        (json["blocks"].as_u64(), json["bytes"].as_u64()),
+        (Some(1), Some(data.len() as u64))
+    );
     daemon.shutdown().await.unwrap();
 }
 
@@ -187,8 +238,16 @@ async fn a_static_peer_is_connected_and_redialled_after_it_restarts() {
     a.shutdown().await.unwrap();
     wait_until_disconnected(&b, a_id).await;
     // Same repository, same port: the same node coming back.
-    let a = start(&root_a, loopback_options(&format!("/ip4/127.0.0.1/tcp/{}", tcp_port(&a_addr)))).await;
-    assert_eq!(a.peer_id(), a_id, "identity comes from the repository's node key");
+    let a = start(
+        &root_a,
+        loopback_options(&format!("/ip4/127.0.0.1/tcp/{}", tcp_port(&a_addr))),
+    )
+    .await;
+    assert_eq!(
+        a.peer_id(),
+        a_id,
+        "identity comes from the repository's node key"
+    );
     wait_until_connected(&a, &b).await;
 
     a.shutdown().await.unwrap();
@@ -198,17 +257,37 @@ async fn a_static_peer_is_connected_and_redialled_after_it_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialling_through_the_client_reports_the_peer_or_the_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let a = start(&dir.path().join("a"), loopback_options("/ip4/127.0.0.1/tcp/0")).await;
-    let b = start(&dir.path().join("b"), loopback_options("/ip4/127.0.0.1/tcp/0")).await;
+    let a = start(
+        &dir.path().join("a"),
+        loopback_options("/ip4/127.0.0.1/tcp/0"),
+    )
+    .await;
+    let b = start(
+        &dir.path().join("b"),
+        loopback_options("/ip4/127.0.0.1/tcp/0"),
+    )
+    .await;
 
-    let with_id: Multiaddr = format!("{}/p2p/{}", a.listen_addrs()[0], a.peer_id()).parse().unwrap();
+    let with_id: Multiaddr = format!("{}/p2p/{}", a.listen_addrs()[0], a.peer_id())
+        .parse()
+        .unwrap();
     assert_eq!(b.client().dial(with_id.clone()).await.unwrap(), a.peer_id());
     wait_until_connected(&a, &b).await;
-    assert_eq!(b.client().dial(with_id).await.unwrap(), a.peer_id(), "dialling a connected peer is not an error");
+    assert_eq!(
+        b.client().dial(with_id).await.unwrap(),
+        a.peer_id(),
+        "dialling a connected peer is not an error"
+    );
 
     // A peer id that is not the one listening there is refused.
-    let wrong: Multiaddr = format!("{}/p2p/{}", a.listen_addrs()[0], b.peer_id()).parse().unwrap();
-    let c = start(&dir.path().join("c"), loopback_options("/ip4/127.0.0.1/tcp/0")).await;
+    let wrong: Multiaddr = format!("{}/p2p/{}", a.listen_addrs()[0], b.peer_id())
+        .parse()
+        .unwrap();
+    let c = start(
+        &dir.path().join("c"),
+        loopback_options("/ip4/127.0.0.1/tcp/0"),
+    )
+    .await;
     assert!(c.client().dial(wrong).await.is_err());
     assert_eq!(c.client().listen_addrs().await.unwrap(), c.listen_addrs());
 
@@ -227,6 +306,9 @@ async fn a_busy_http_port_is_reported_and_the_repository_released() {
         ..loopback_options("/ip4/127.0.0.1/tcp/0")
     };
     let err = Daemon::start(repo, options).await.err().unwrap();
-    assert!(err.to_string().contains("cannot serve the web page"), "{err}");
+    assert!(
+        err.to_string().contains("cannot serve the web page"),
+        "{err}"
+    );
     Repo::open(dir.path()).unwrap();
 }

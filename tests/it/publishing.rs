@@ -5,15 +5,29 @@ use crate::cli::Node;
 /// Adds `text` as a file and signs a record for it; returns (content CID, record CID).
 fn publish_file(node: &Node, name: &str, text: &str, extra: &[&str]) -> (String, String) {
     let path = node.write(name, text.as_bytes()).display().to_string();
-    let mut args = vec!["add", "-Q", path.as_str(), "--author", "Amina Okafor <https://example.org/amina>"];
+    let mut args = vec![
+        "add",
+        "-Q",
+        path.as_str(),
+        "--author",
+        "Amina Okafor <https://example.org/amina>",
+    ];
     args.extend_from_slice(extra);
     let out = node.ok(&args);
     let mut lines = out.lines();
-    (lines.next().unwrap().to_string(), lines.next().unwrap().to_string())
+    (
+        lines.next().unwrap().to_string(),
+        lines.next().unwrap().to_string(),
+    )
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -25,48 +39,117 @@ fn a_signed_record_shows_verifies_and_attributes() {
         &node,
         "photosynthesis.md",
         "Plants turn light into sugar.",
-        &["--title", "Photosynthesis", "--license", "CC-BY-SA-3.0-IGO", "--language", "en", "--source", "https://example.org/p"],
+        &[
+            "--title",
+            "Photosynthesis",
+            "--license",
+            "CC-BY-SA-3.0-IGO",
+            "--language",
+            "en",
+            "--source",
+            "https://example.org/p",
+        ],
     );
     assert!(record.starts_with("bafyrei"), "{record}");
     let shown = node.ok(&["record", "show", &record]);
     assert!(shown.contains("signature    valid"), "{shown}");
     assert!(shown.contains("CC BY-SA 3.0 IGO"), "{shown}");
-    assert!(shown.contains("https://creativecommons.org/licenses/by-sa/3.0/igo/"), "{shown}");
-    assert!(shown.contains("(trusted)"), "a node trusts its own keys: {shown}");
+    assert!(
+        shown.contains("https://creativecommons.org/licenses/by-sa/3.0/igo/"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(trusted)"),
+        "a node trusts its own keys: {shown}"
+    );
     let by_content = node.ok(&["record", "show", &content]);
     assert!(by_content.contains(&record));
-    assert!(node.ok(&["record", "verify", &record]).contains("valid signature"));
-    assert!(node.fails(&["record", "verify", &content]).contains(&content));
+    assert!(node
+        .ok(&["record", "verify", &record])
+        .contains("valid signature"));
+    assert!(node
+        .fails(&["record", "verify", &content])
+        .contains(&content));
 }
 
 #[test]
 fn licence_rules_refuse_incompatible_adaptations_and_add_nothing() {
     let node = Node::init();
     node.ok(&["key", "gen", "school"]);
-    let (_, sa_parent) =
-        publish_file(&node, "a.md", "original", &["--title", "Original", "--license", "CC-BY-SA-4.0"]);
-    let (_, nd_parent) =
-        publish_file(&node, "nd.md", "no derivatives", &["--title", "Fixed text", "--license", "CC-BY-ND-4.0"]);
+    let (_, sa_parent) = publish_file(
+        &node,
+        "a.md",
+        "original",
+        &["--title", "Original", "--license", "CC-BY-SA-4.0"],
+    );
+    let (_, nd_parent) = publish_file(
+        &node,
+        "nd.md",
+        "no derivatives",
+        &["--title", "Fixed text", "--license", "CC-BY-ND-4.0"],
+    );
 
     let child = node.write("child.md", b"adapted").display().to_string();
     let base = ["add", child.as_str(), "--title", "Adapted", "--author", "T"];
-    let refused = node.fails(&[&base[..], &["--license", "CC-BY-4.0", "--based-on", &sa_parent]].concat());
-    assert!(refused.contains("Original") && refused.contains(&sa_parent) && refused.contains("ShareAlike"), "{refused}");
-    let refused = node.fails(&[&base[..], &["--license", "CC-BY-ND-4.0", "--based-on", &nd_parent]].concat());
+    let refused = node.fails(
+        &[
+            &base[..],
+            &["--license", "CC-BY-4.0", "--based-on", &sa_parent],
+        ]
+        .concat(),
+    );
+    assert!(
+        refused.contains("Original")
+            && refused.contains(&sa_parent)
+            && refused.contains("ShareAlike"),
+        "{refused}"
+    );
+    let refused = node.fails(
+        &[
+            &base[..],
+            &["--license", "CC-BY-ND-4.0", "--based-on", &nd_parent],
+        ]
+        .concat(),
+    );
     assert!(refused.contains("Fixed text"), "{refused}");
-    assert!(!node.ok(&["pin", "ls"]).contains(&node.ok(&["add", "-Q", "-n", &child]).trim().to_string()));
+    assert!(!node
+        .ok(&["pin", "ls"])
+        .contains(&node.ok(&["add", "-Q", "-n", &child]).trim().to_string()));
 
     let (_, adapted) = publish_file(
         &node,
         "child2.md",
         "adapted",
-        &["--title", "Adaptation", "--license", "CC-BY-SA-4.0", "--based-on", &sa_parent, "--changes", "translated to Swahili"],
+        &[
+            "--title",
+            "Adaptation",
+            "--license",
+            "CC-BY-SA-4.0",
+            "--based-on",
+            &sa_parent,
+            "--changes",
+            "translated to Swahili",
+        ],
     );
     let tree = node.ok(&["provenance", &adapted]);
-    assert!(tree.contains(&sa_parent) && tree.contains("translated to Swahili"), "{tree}");
+    assert!(
+        tree.contains(&sa_parent) && tree.contains("translated to Swahili"),
+        "{tree}"
+    );
     let shown = node.ok(&["record", "show", &adapted]);
     assert!(shown.contains("adapted from"), "{shown}");
-    assert!(node.fails(&["add", &child, "--title", "x", "--author", "y", "--license", "MIT"]).contains("MIT"));
+    assert!(node
+        .fails(&[
+            "add",
+            &child,
+            "--title",
+            "x",
+            "--author",
+            "y",
+            "--license",
+            "MIT"
+        ])
+        .contains("MIT"));
 }
 
 #[test]
@@ -76,9 +159,22 @@ fn a_collection_travels_on_a_car_and_keeps_its_rules() {
     let (_, first) = publisher_file(&publisher, "one.md", "Lesson one");
     let (_, second) = publisher_file(&publisher, "two.md", "Lesson two");
     publisher.ok(&["collection", "create", "grade-9-biology"]);
-    publisher.ok(&["collection", "add", "grade-9-biology", &first, "--path", "week-1/one.md"]);
-    let id = publisher.ok(&["collection", "publish", "grade-9-biology"]).trim().to_string();
-    assert!(id.starts_with("z6Mk") && id.ends_with("/grade-9-biology"), "{id}");
+    publisher.ok(&[
+        "collection",
+        "add",
+        "grade-9-biology",
+        &first,
+        "--path",
+        "week-1/one.md",
+    ]);
+    let id = publisher
+        .ok(&["collection", "publish", "grade-9-biology"])
+        .trim()
+        .to_string();
+    assert!(
+        id.starts_with("z6Mk") && id.ends_with("/grade-9-biology"),
+        "{id}"
+    );
     let v1 = publisher.path("v1.car");
     publisher.ok(&["export", &id, "-o", &v1]);
     publisher.ok(&["collection", "add", "grade-9-biology", &second]);
@@ -90,31 +186,60 @@ fn a_collection_travels_on_a_car_and_keeps_its_rules() {
 
     let school = Node::init();
     let imported = school.ok(&["import", &v2]);
-    assert!(imported.contains("version 2") && imported.contains("not trusted"), "{imported}");
+    assert!(
+        imported.contains("version 2") && imported.contains("not trusted"),
+        "{imported}"
+    );
     let shown = school.ok(&["collection", "show", &id]);
-    assert!(shown.contains("UNTRUSTED") && shown.contains("entries     2"), "{shown}");
+    assert!(
+        shown.contains("UNTRUSTED") && shown.contains("entries     2"),
+        "{shown}"
+    );
     assert!(shown.contains("week-1/one.md"), "{shown}");
-    assert_eq!(school.ok(&["collection", "history", &id]).lines().count(), 2);
+    assert_eq!(
+        school.ok(&["collection", "history", &id]).lines().count(),
+        2
+    );
     // The older version is a replay now: refused, nothing changes.
     let replay = school.fails(&["import", &v1]);
-    assert!(replay.contains("version 1") && replay.contains("older"), "{replay}");
-    assert!(school.ok(&["collection", "show", &id]).contains("version     2"));
+    assert!(
+        replay.contains("version 1") && replay.contains("older"),
+        "{replay}"
+    );
+    assert!(school
+        .ok(&["collection", "show", &id])
+        .contains("version     2"));
 
     school.ok(&["trust", "add", &id]);
-    assert!(school.ok(&["collection", "show", &id]).contains("(trusted)"));
+    assert!(school
+        .ok(&["collection", "show", &id])
+        .contains("(trusted)"));
     assert!(school.ok(&["trust", "list"]).starts_with("did:key:z6Mk"));
 
     // gc keeps everything a collection needs; verify stays clean.
     school.ok(&["gc"]);
     assert!(school.ok(&["verify"]).contains("all good"));
-    assert!(school.ok(&["collection", "show", &id]).contains("entries     2"));
+    assert!(school
+        .ok(&["collection", "show", &id])
+        .contains("entries     2"));
     let record_content = school.ok(&["record", "show", &first]);
-    let content = record_content.lines().find(|l| l.starts_with("content")).unwrap().split_whitespace().nth(1).unwrap();
+    let content = record_content
+        .lines()
+        .find(|l| l.starts_with("content"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
     assert_eq!(school.ok(&["cat", content]), "Lesson one");
 }
 
 fn publisher_file(node: &Node, name: &str, text: &str) -> (String, String) {
-    publish_file(node, name, text, &["--title", name, "--license", "CC-BY-4.0"])
+    publish_file(
+        node,
+        name,
+        text,
+        &["--title", name, "--license", "CC-BY-4.0"],
+    )
 }
 
 #[test]
@@ -125,7 +250,10 @@ fn two_different_versions_with_the_same_seq_are_an_equivocation() {
     let (_, b) = publisher_file(&publisher, "b.md", "b");
     publisher.ok(&["collection", "create", "c"]);
     publisher.ok(&["collection", "add", "c", &a]);
-    let id = publisher.ok(&["collection", "publish", "c"]).trim().to_string();
+    let id = publisher
+        .ok(&["collection", "publish", "c"])
+        .trim()
+        .to_string();
 
     // The same key in a copied repository signs a different version 2.
     let twin_repo = publisher.work.join("twin");
@@ -133,7 +261,8 @@ fn two_different_versions_with_the_same_seq_are_an_equivocation() {
     publisher.ok(&["collection", "add", "c", &b]);
     publisher.ok(&["collection", "publish", "c"]);
     publisher.ok(&["export", &id, "-o", &publisher.path("honest.car")]);
-    let twin = |args: &[&str]| publisher.ok(&[args, &["--repo", twin_repo.to_str().unwrap()]].concat());
+    let twin =
+        |args: &[&str]| publisher.ok(&[args, &["--repo", twin_repo.to_str().unwrap()]].concat());
     twin(&["collection", "rm", "c", &a]);
     twin(&["collection", "add", "c", &b]);
     twin(&["collection", "publish", "c"]);
@@ -143,7 +272,10 @@ fn two_different_versions_with_the_same_seq_are_an_equivocation() {
     school.ok(&["import", &publisher.path("honest.car")]);
     let err = school.fails(&["import", &publisher.path("forked.car")]);
     assert!(err.to_lowercase().contains("equivocation"), "{err}");
-    assert!(school.ok(&["collection", "show", &id]).contains(&a), "the first version seen stays");
+    assert!(
+        school.ok(&["collection", "show", &id]).contains(&a),
+        "the first version seen stays"
+    );
 }
 
 #[test]
@@ -154,11 +286,29 @@ fn a_retracted_record_is_hidden_everywhere_it_travels() {
     let (_, taken_down) = publisher_file(&publisher, "takedown.md", "licence problem");
     publisher.ok(&["collection", "create", "c"]);
     publisher.ok(&["collection", "add", "c", &kept, &taken_down]);
-    let id = publisher.ok(&["collection", "publish", "c"]).trim().to_string();
-    publisher.ok(&["record", "retract", &taken_down, "--reason", "rights holder asked"]);
+    let id = publisher
+        .ok(&["collection", "publish", "c"])
+        .trim()
+        .to_string();
+    publisher.ok(&[
+        "record",
+        "retract",
+        &taken_down,
+        "--reason",
+        "rights holder asked",
+    ]);
     let shown = publisher.ok(&["collection", "show", &id]);
-    assert!(!shown.contains(&taken_down) && shown.contains("1 entries hidden"), "{shown}");
-    assert_eq!(publisher.run(&["record", "verify", &taken_down]).status.code(), Some(1));
+    assert!(
+        !shown.contains(&taken_down) && shown.contains("1 entries hidden"),
+        "{shown}"
+    );
+    assert_eq!(
+        publisher
+            .run(&["record", "verify", &taken_down])
+            .status
+            .code(),
+        Some(1)
+    );
 
     let car = publisher.path("c.car");
     publisher.ok(&["export", &id, "-o", &car]);
@@ -166,7 +316,10 @@ fn a_retracted_record_is_hidden_everywhere_it_travels() {
     let imported = school.ok(&["import", &car]);
     assert!(imported.contains("1 retractions"), "{imported}");
     let shown = school.ok(&["collection", "show", &id]);
-    assert!(shown.contains(&kept) && !shown.contains(&taken_down), "{shown}");
+    assert!(
+        shown.contains(&kept) && !shown.contains(&taken_down),
+        "{shown}"
+    );
     assert!(school.ok(&["verify"]).contains("all good"));
 
     // The publisher's gc lets the taken-down content go, keeps the rest, and the
@@ -186,13 +339,27 @@ fn a_key_file_readable_by_others_is_refused() {
     let key_file = node.repo.join("keys/k.key");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let path = node.write("x.md", b"x").display().to_string();
-    let err = node.fails(&["add", &path, "--title", "X", "--license", "CC0-1.0", "--author", "A"]);
+    let err = node.fails(&[
+        "add",
+        &path,
+        "--title",
+        "X",
+        "--license",
+        "CC0-1.0",
+        "--author",
+        "A",
+    ]);
     assert!(err.contains("chmod 600"), "{err}");
     let exported = node.path("moved.key");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     node.ok(&["key", "export", "k", "-o", &exported]);
     let other = Node::init();
     let imported = other.ok(&["key", "import", &exported]);
-    let did = node.ok(&["key", "list"]).split_whitespace().nth(1).unwrap().to_string();
+    let did = node
+        .ok(&["key", "list"])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
     assert_eq!(imported.trim(), format!("moved {did}"));
 }

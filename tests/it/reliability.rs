@@ -38,7 +38,10 @@ fn a_full_disk_fails_the_add_cleanly_and_loses_nothing() {
 
     node.ok(&["init"]);
     let small = node.write("small.txt", b"kept safe");
-    let small_cid = node.ok(&["add", "-Q", small.to_str().unwrap()]).trim().to_string();
+    let small_cid = node
+        .ok(&["add", "-Q", small.to_str().unwrap()])
+        .trim()
+        .to_string();
     let big = node.work.join("big.bin");
     write_generated(&big, 64 << 20, 21);
     let err = node.fails(&["add", big.to_str().unwrap()]);
@@ -48,7 +51,10 @@ fn a_full_disk_fails_the_add_cleanly_and_loses_nothing() {
     // gc gives the space of the half-written add back, and the node works on.
     node.ok(&["gc"]);
     let again = node.write("again.txt", b"still works");
-    let cid = node.ok(&["add", "-Q", again.to_str().unwrap()]).trim().to_string();
+    let cid = node
+        .ok(&["add", "-Q", again.to_str().unwrap()])
+        .trim()
+        .to_string();
     assert_eq!(node.ok(&["cat", &cid]), "still works");
 }
 
@@ -56,7 +62,10 @@ fn a_full_disk_fails_the_add_cleanly_and_loses_nothing() {
 fn a_killed_add_leaves_a_consistent_repository() {
     let node = Node::init();
     let before = node.write("before.txt", b"added before the crash");
-    let before_cid = node.ok(&["add", "-Q", before.to_str().unwrap()]).trim().to_string();
+    let before_cid = node
+        .ok(&["add", "-Q", before.to_str().unwrap()])
+        .trim()
+        .to_string();
     let big = node.work.join("big.bin");
     write_generated(&big, 256 << 20, 5);
     for delay_ms in [30, 120, 400] {
@@ -71,14 +80,23 @@ fn a_killed_add_leaves_a_consistent_repository() {
         let _ = child.kill();
         let _ = child.wait();
         // Whatever point the kill hit, the repository opens, verifies and collects.
-        assert!(node.ok(&["verify"]).contains("all good"), "after a kill at {delay_ms} ms");
+        assert!(
+            node.ok(&["verify"]).contains("all good"),
+            "after a kill at {delay_ms} ms"
+        );
         node.ok(&["gc"]);
         assert_eq!(node.ok(&["cat", &before_cid]), "added before the crash");
     }
-    let cid = node.ok(&["add", "-Q", big.to_str().unwrap()]).trim().to_string();
+    let cid = node
+        .ok(&["add", "-Q", big.to_str().unwrap()])
+        .trim()
+        .to_string();
     assert!(node.ok(&["verify"]).contains("all good"));
     let listed = node.ok(&["pin", "ls"]);
-    assert!(listed.contains(&cid) && listed.contains(&before_cid), "{listed}");
+    assert!(
+        listed.contains(&cid) && listed.contains(&before_cid),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -86,7 +104,10 @@ fn a_repository_in_use_is_named_with_its_process() {
     let node = Node::init();
     let held = oermesh::repo::Repo::open(&node.repo).unwrap();
     let err = node.fails(&["stat"]);
-    assert!(err.contains("in use") && err.contains(&format!("pid {}", std::process::id())), "{err}");
+    assert!(
+        err.contains("in use") && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
     drop(held);
     node.ok(&["stat"]);
 }

@@ -14,7 +14,14 @@ fn open(dir: &std::path::Path) -> Store {
 /// A dag-pb node linking to `children`, so gc and verify have a DAG to follow.
 fn parent_of(children: &[cid::Cid]) -> (cid::Cid, Vec<u8>) {
     let node = PbNode {
-        links: children.iter().map(|cid| PbLink { cid: *cid, name: Some(String::new()), tsize: Some(1) }).collect(),
+        links: children
+            .iter()
+            .map(|cid| PbLink {
+                cid: *cid,
+                name: Some(String::new()),
+                tsize: Some(1),
+            })
+            .collect(),
         data: Some(vec![0x08, 0x02]),
     };
     let bytes = node.encode();
@@ -22,8 +29,12 @@ fn parent_of(children: &[cid::Cid]) -> (cid::Cid, Vec<u8>) {
 }
 
 fn block_file_of(dir: &std::path::Path, cid: &cid::Cid) -> std::path::PathBuf {
-    let name = cid::multibase::encode(cid::multibase::Base::Base32Lower, cid.hash().to_bytes())[1..].to_string();
-    dir.join("blocks").join(&name[name.len() - 3..name.len() - 1]).join(name)
+    let name = cid::multibase::encode(cid::multibase::Base::Base32Lower, cid.hash().to_bytes())
+        [1..]
+        .to_string();
+    dir.join("blocks")
+        .join(&name[name.len() - 3..name.len() - 1])
+        .join(name)
 }
 
 #[test]
@@ -38,15 +49,27 @@ fn blocks_round_trip_inline_and_as_files_and_survive_reopen() {
         batch.put_block(&small_cid, &small).unwrap();
         batch.put_block(&large_cid, &large).unwrap();
         batch.commit().unwrap();
-        assert!(!block_file_of(dir.path(), &small_cid).exists(), "small blocks live in sled");
-        assert!(block_file_of(dir.path(), &large_cid).exists(), "large blocks get a file");
+        assert!(
+            !block_file_of(dir.path(), &small_cid).exists(),
+            "small blocks live in sled"
+        );
+        assert!(
+            block_file_of(dir.path(), &large_cid).exists(),
+            "large blocks get a file"
+        );
     }
     let store = open(dir.path());
     assert_eq!(store.get_block(&small_cid).unwrap(), small);
     assert_eq!(store.get_block(&large_cid).unwrap(), large);
-    assert_eq!(store.block_size(&large_cid).unwrap(), Some(large.len() as u64));
+    assert_eq!(
+        store.block_size(&large_cid).unwrap(),
+        Some(large.len() as u64)
+    );
     let stat = store.stat().unwrap();
-    assert_eq!((stat.blocks, stat.bytes, stat.inline_blocks), (2, (small.len() + large.len()) as u64, 1));
+    assert_eq!(
+        (stat.blocks, stat.bytes, stat.inline_blocks),
+        (2, (small.len() + large.len()) as u64, 1)
+    );
 }
 
 #[test]
@@ -55,7 +78,10 @@ fn a_block_that_does_not_match_its_cid_is_refused_and_nothing_is_stored() {
     let store = open(dir.path());
     let claimed = cid_v1(codec::RAW, b"the real bytes");
     let batch = store.batch();
-    assert!(matches!(batch.put_block(&claimed, b"other bytes"), Err(BlockError::Corrupt(_))));
+    assert!(matches!(
+        batch.put_block(&claimed, b"other bytes"),
+        Err(BlockError::Corrupt(_))
+    ));
     batch.commit().unwrap();
     assert!(!store.has(&claimed).unwrap());
     assert_eq!(store.stat().unwrap().blocks, 0);
@@ -71,7 +97,10 @@ fn uncommitted_blocks_are_invisible() {
     batch.put_block(&cid, &data).unwrap();
     assert!(!store.has(&cid).unwrap());
     drop(batch);
-    assert!(matches!(store.get_block(&cid), Err(BlockError::NotFound(_))));
+    assert!(matches!(
+        store.get_block(&cid),
+        Err(BlockError::NotFound(_))
+    ));
     // The orphaned file is removed by gc.
     let report = store.gc(&[], &[]).unwrap();
     assert_eq!(report.orphan_files_removed, 1);
@@ -96,12 +125,27 @@ fn corrupt_and_missing_block_data_is_caught_on_read_and_by_verify() {
     std::fs::write(&path, bytes).unwrap();
     std::fs::remove_file(block_file_of(dir.path(), &vanished_cid)).unwrap();
 
-    assert!(matches!(store.get_block(&flipped_cid), Err(BlockError::Corrupt(_))));
+    assert!(matches!(
+        store.get_block(&flipped_cid),
+        Err(BlockError::Corrupt(_))
+    ));
     assert!(store.get_block(&vanished_cid).is_err());
     let report = store.verify(&[], &[]).unwrap();
     assert_eq!(report.blocks_checked, 2);
-    assert!(report.damage.contains(&Damage::Corrupt(flipped_cid.to_string())), "{:?}", report.damage);
-    assert!(report.damage.contains(&Damage::MissingData(vanished_cid.to_string())), "{:?}", report.damage);
+    assert!(
+        report
+            .damage
+            .contains(&Damage::Corrupt(flipped_cid.to_string())),
+        "{:?}",
+        report.damage
+    );
+    assert!(
+        report
+            .damage
+            .contains(&Damage::MissingData(vanished_cid.to_string())),
+        "{:?}",
+        report.damage
+    );
 }
 
 #[test]
@@ -126,23 +170,37 @@ fn gc_keeps_pinned_dags_and_frees_the_rest() {
     let kept_leaf = generated_bytes(200_000, 6);
     let lost_leaf = generated_bytes(200_000, 7);
     let lost_small = generated_bytes(100, 8);
-    let (kept_cid, lost_cid, small_cid) =
-        (cid_v1(codec::RAW, &kept_leaf), cid_v1(codec::RAW, &lost_leaf), cid_v1(codec::RAW, &lost_small));
+    let (kept_cid, lost_cid, small_cid) = (
+        cid_v1(codec::RAW, &kept_leaf),
+        cid_v1(codec::RAW, &lost_leaf),
+        cid_v1(codec::RAW, &lost_small),
+    );
     let (root, root_bytes) = parent_of(&[kept_cid]);
     let batch = store.batch();
-    for (cid, data) in [(&kept_cid, &kept_leaf), (&lost_cid, &lost_leaf), (&small_cid, &lost_small), (&root, &root_bytes)] {
+    for (cid, data) in [
+        (&kept_cid, &kept_leaf),
+        (&lost_cid, &lost_leaf),
+        (&small_cid, &lost_small),
+        (&root, &root_bytes),
+    ] {
         batch.put_block(cid, data).unwrap();
     }
     batch.commit_and_pin(&[root], "user").unwrap();
 
     let report = store.gc(&[], &[]).unwrap();
     assert_eq!(report.blocks_removed, 2);
-    assert_eq!(report.bytes_freed, (lost_leaf.len() + lost_small.len()) as u64);
+    assert_eq!(
+        report.bytes_freed,
+        (lost_leaf.len() + lost_small.len()) as u64
+    );
     assert!(store.has(&root).unwrap() && store.has(&kept_cid).unwrap());
     assert!(!store.has(&lost_cid).unwrap() && !store.has(&small_cid).unwrap());
     assert!(!block_file_of(dir.path(), &lost_cid).exists());
 
-    assert_eq!(store.unpin(&root, Some("user")).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store.unpin(&root, Some("user")).unwrap(),
+        Vec::<String>::new()
+    );
     store.gc(&[], &[]).unwrap();
     assert_eq!(store.stat().unwrap().blocks, 0);
 }
@@ -154,8 +212,14 @@ fn pins_hold_while_any_reason_remains() {
     let cid = cid_v1(codec::RAW, b"x");
     store.pin(&cid, "user").unwrap();
     store.pin(&cid, "collection:abc").unwrap();
-    assert_eq!(store.unpin(&cid, Some("user")).unwrap(), vec!["collection:abc".to_string()]);
-    assert_eq!(store.pins().unwrap(), vec![(cid, vec!["collection:abc".to_string()])]);
+    assert_eq!(
+        store.unpin(&cid, Some("user")).unwrap(),
+        vec!["collection:abc".to_string()]
+    );
+    assert_eq!(
+        store.pins().unwrap(),
+        vec![(cid, vec!["collection:abc".to_string()])]
+    );
 }
 
 #[test]
@@ -169,7 +233,10 @@ fn a_repository_is_opened_by_one_process_at_a_time() {
         Err(other) => panic!("expected a lock error, got {other}"),
         Ok(_) => panic!("second open must fail"),
     };
-    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
     drop(first);
     Repo::open(&root).unwrap();
     assert!(matches!(Repo::init(&root), Err(RepoError::Exists(_))));

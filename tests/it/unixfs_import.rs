@@ -63,12 +63,15 @@ fn bytes_input(input: &str) -> Option<(u64, u32)> {
 fn check_byte_vectors(wanted: impl Fn(u64) -> bool) -> usize {
     let mut checked = 0;
     for vector in vectors() {
-        let Some((size, seed)) = bytes_input(&vector.input) else { continue };
+        let Some((size, seed)) = bytes_input(&vector.input) else {
+            continue;
+        };
         if !wanted(size) {
             continue;
         }
         let sink = MemoryBlocks::discarding();
-        let imported = import_reader(Generated::new(size, seed), &vector.profile, &sink, &|_| {}).unwrap();
+        let imported =
+            import_reader(Generated::new(size, seed), &vector.profile, &sink, &|_| {}).unwrap();
         assert_eq!(imported.cid.to_string(), vector.cid, "case {}", vector.case);
         assert_eq!(imported.size, size, "case {}", vector.case);
         checked += 1;
@@ -97,8 +100,9 @@ fn import_throughput() {
     use rayon::prelude::*;
     use sha2::Digest;
     const SIZE: usize = 1 << 30;
-    let mib_per_s =
-        |bytes: usize, took: std::time::Duration| bytes as f64 / (1 << 20) as f64 / took.as_secs_f64();
+    let mib_per_s = |bytes: usize, took: std::time::Duration| {
+        bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
+    };
     let data = gen::generated_bytes(SIZE, 99);
 
     let start = Instant::now();
@@ -127,15 +131,29 @@ fn import_throughput() {
     let read_speed = mib_per_s(SIZE, start.elapsed());
     let sink = MemoryBlocks::discarding();
     let start = Instant::now();
-    let from_file = import_path(&path, false, &Profile::default(), &sink, &mut |_, _| {}, &|_| {}).unwrap();
+    let from_file = import_path(
+        &path,
+        false,
+        &Profile::default(),
+        &sink,
+        &mut |_, _| {},
+        &|_| {},
+    )
+    .unwrap();
     let file_speed = mib_per_s(SIZE, start.elapsed());
     assert_eq!(imported, from_file);
 
     println!("sha2-256 on one core: {sha_speed:.0} MiB/s");
-    println!("sha2-256 on all cores ({}): {sha_all_cores:.0} MiB/s", rayon::current_num_threads());
+    println!(
+        "sha2-256 on all cores ({}): {sha_all_cores:.0} MiB/s",
+        rayon::current_num_threads()
+    );
     println!("reading the file:     {read_speed:.0} MiB/s");
     println!("import from memory:   {memory_speed:.0} MiB/s");
-    println!("import from a file:   {file_speed:.0} MiB/s ({})", path.display());
+    println!(
+        "import from a file:   {file_speed:.0} MiB/s ({})",
+        path.display()
+    );
 }
 
 /// Time to import 9,520 small files from the disk, the shape of a folder of worksheets.
@@ -148,10 +166,20 @@ fn small_files_throughput() {
     let sink = MemoryBlocks::discarding();
     let mut files = 0;
     let start = Instant::now();
-    import_path(&root.path().join("wide"), true, &Profile::default(), &sink, &mut |_, _| files += 1, &|_| {})
-        .unwrap();
+    import_path(
+        &root.path().join("wide"),
+        true,
+        &Profile::default(),
+        &sink,
+        &mut |_, _| files += 1,
+        &|_| {},
+    )
+    .unwrap();
     let took = start.elapsed();
-    println!("{files} entries in {took:.2?}: {:.0} entries/s", f64::from(files) / took.as_secs_f64());
+    println!(
+        "{files} entries in {took:.2?}: {:.0} entries/s",
+        f64::from(files) / took.as_secs_f64()
+    );
 }
 
 /// A scratch folder in memory where there is one: creating thousands of files on the disk
@@ -171,7 +199,11 @@ fn scratch_dir() -> tempfile::TempDir {
 fn check_tree_vectors(prefix: &str) -> Vec<(String, bool)> {
     let mut by_spec: BTreeMap<String, Vec<Vector>> = BTreeMap::new();
     for vector in vectors() {
-        if let Some(spec) = vector.input.strip_prefix("tree:").filter(|spec| spec.starts_with(prefix)) {
+        if let Some(spec) = vector
+            .input
+            .strip_prefix("tree:")
+            .filter(|spec| spec.starts_with(prefix))
+        {
             by_spec.entry(spec.to_owned()).or_default().push(vector);
         }
     }
@@ -232,20 +264,41 @@ fn wide_folders_are_nested_shards() {
     let root = scratch_dir();
     gen::write_tree(root.path(), &gen::wide_tree()).unwrap();
     let blocks = MemoryBlocks::new();
-    let imported =
-        import_path(&root.path().join("wide"), true, &Profile::default(), &blocks, &mut |_, _| {}, &|_| {})
-            .unwrap();
+    let imported = import_path(
+        &root.path().join("wide"),
+        true,
+        &Profile::default(),
+        &blocks,
+        &mut |_, _| {},
+        &|_| {},
+    )
+    .unwrap();
     let (node, data) = node_and_data(&blocks, &imported.cid);
     assert_eq!(data.data_type, DataType::HamtShard);
     assert_eq!((data.fanout, data.hash_type), (Some(256), Some(0x22)));
-    let sub_shards = node.links.iter().filter(|link| link.name.as_deref().is_some_and(|n| n.len() == 2));
-    assert!(sub_shards.count() > 0, "5,000 entries in 256 buckets need sub-shards");
+    let sub_shards = node
+        .links
+        .iter()
+        .filter(|link| link.name.as_deref().is_some_and(|n| n.len() == 2));
+    assert!(
+        sub_shards.count() > 0,
+        "5,000 entries in 256 buckets need sub-shards"
+    );
     let inner = find_in_shard(&blocks, imported.cid, "inner");
-    assert_eq!(node_and_data(&blocks, &inner).1.data_type, DataType::HamtShard);
+    assert_eq!(
+        node_and_data(&blocks, &inner).1.data_type,
+        DataType::HamtShard
+    );
     let greek = find_in_shard(&blocks, imported.cid, "ζήτημα-7.txt");
-    assert_eq!(blocks.get_block(&greek).unwrap(), gen::generated_bytes(7, 50_007));
+    assert_eq!(
+        blocks.get_block(&greek).unwrap(),
+        gen::generated_bytes(7, 50_007)
+    );
     let all_bytes: usize = blocks.into_blocks().values().map(Vec::len).sum();
-    assert!(imported.tsize >= all_bytes as u64, "Tsize counts every block (duplicates included)");
+    assert!(
+        imported.tsize >= all_bytes as u64,
+        "Tsize counts every block (duplicates included)"
+    );
 }
 
 /// Looks `name` up in a shard the way a reader does: one bucket per level.
@@ -281,10 +334,15 @@ fn short_reads_and_progress() {
     let sink = MemoryBlocks::discarding();
     let whole = import_reader(Generated::new(size, 3), &profile, &sink, &|_| {}).unwrap();
     let last_progress = RefCell::new(0);
-    let trickled = import_reader(Trickle(Generated::new(size, 3), 0), &profile, &sink, &|read| {
-        assert!(read >= *last_progress.borrow());
-        *last_progress.borrow_mut() = read;
-    })
+    let trickled = import_reader(
+        Trickle(Generated::new(size, 3), 0),
+        &profile,
+        &sink,
+        &|read| {
+            assert!(read >= *last_progress.borrow());
+            *last_progress.borrow_mut() = read;
+        },
+    )
     .unwrap();
     assert_eq!(whole, trickled);
     assert_eq!(*last_progress.borrow(), size);
@@ -302,8 +360,15 @@ fn folder_rules() {
     let profile = Profile::default();
     let sink = MemoryBlocks::discarding();
     let plain = import_path(&tree, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap();
-    let expected = vectors().into_iter().find(|vector| vector.case == "v1-tree-nested").unwrap();
-    assert_eq!(plain.cid.to_string(), expected.cid, "hidden entries are left out");
+    let expected = vectors()
+        .into_iter()
+        .find(|vector| vector.case == "v1-tree-nested")
+        .unwrap();
+    assert_eq!(
+        plain.cid.to_string(),
+        expected.cid,
+        "hidden entries are left out"
+    );
     assert_eq!(total_bytes(&tree, true).unwrap(), plain.size);
 
     let mut seen: Vec<(PathBuf, Imported)> = Vec::new();
@@ -318,9 +383,15 @@ fn folder_rules() {
     )
     .unwrap();
     assert_eq!(*last_progress.borrow(), plain.size);
-    assert_eq!(seen.len(), 15 + 2 + 9, "15 files, 2 empty folders and 9 folders with entries");
+    assert_eq!(
+        seen.len(),
+        15 + 2 + 9,
+        "15 files, 2 empty folders and 9 folders with entries"
+    );
     assert_eq!(seen.last().unwrap(), &(PathBuf::from("nested"), plain));
-    assert!(seen.iter().any(|(path, _)| path == Path::new("nested/Ελληνικά/Ασκήσεις/λύσεις.pdf")));
+    assert!(seen
+        .iter()
+        .any(|(path, _)| path == Path::new("nested/Ελληνικά/Ασκήσεις/λύσεις.pdf")));
 
     let error = import_path(&tree, false, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
     assert!(matches!(error, ImportError::IsDirectory(_)));
@@ -333,10 +404,17 @@ fn folder_rules() {
     // A single file: reported under its own name, same CID as its bytes.
     let file = tree.join("README.md");
     let mut names = Vec::new();
-    let single =
-        import_path(&file, false, &profile, &sink, &mut |path, _| names.push(path.to_owned()), &|_| {})
-            .unwrap();
-    let direct = import_reader(&gen::generated_bytes(1234, 1)[..], &profile, &sink, &|_| {}).unwrap();
+    let single = import_path(
+        &file,
+        false,
+        &profile,
+        &sink,
+        &mut |path, _| names.push(path.to_owned()),
+        &|_| {},
+    )
+    .unwrap();
+    let direct =
+        import_reader(&gen::generated_bytes(1234, 1)[..], &profile, &sink, &|_| {}).unwrap();
     assert_eq!(single, direct);
     assert_eq!(names, [PathBuf::from("README.md")]);
 }
@@ -354,13 +432,19 @@ fn symbolic_links_are_followed_and_loops_refused() {
     std::fs::remove_file(folder.join("handout.txt")).unwrap();
     std::fs::write(folder.join("handout.txt"), b"shared handout").unwrap();
     let copied = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap();
-    assert_eq!(linked, copied, "a linked file is added as its target's bytes");
+    assert_eq!(
+        linked, copied,
+        "a linked file is added as its target's bytes"
+    );
 
     std::os::unix::fs::symlink(&folder, folder.join("back up")).unwrap();
     let error = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
     assert!(matches!(error, ImportError::SymlinkLoop(_)), "{error}");
     assert!(error.to_string().contains("back up"), "{error}");
-    assert!(matches!(total_bytes(&folder, true), Err(ImportError::SymlinkLoop(_))));
+    assert!(matches!(
+        total_bytes(&folder, true),
+        Err(ImportError::SymlinkLoop(_))
+    ));
     std::fs::remove_file(folder.join("back up")).unwrap();
 
     std::os::unix::fs::symlink(folder.join("b"), folder.join("a")).unwrap();
@@ -378,15 +462,22 @@ fn refuses_what_unixfs_cannot_hold() {
     let root = scratch_dir();
     let folder = root.path().join("latin1");
     std::fs::create_dir(&folder).unwrap();
-    std::fs::write(folder.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"coffee").unwrap();
+    std::fs::write(
+        folder.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        b"coffee",
+    )
+    .unwrap();
     let error = import_path(&folder, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
     assert!(matches!(error, ImportError::NameNotUtf8(_)), "{error}");
 
     let pipes = root.path().join("pipes");
     std::fs::create_dir(&pipes).unwrap();
-    let made = std::process::Command::new("mkfifo").arg(pipes.join("queue")).status();
+    let made = std::process::Command::new("mkfifo")
+        .arg(pipes.join("queue"))
+        .status();
     if made.is_ok_and(|status| status.success()) {
-        let error = import_path(&pipes, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
+        let error =
+            import_path(&pipes, true, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
         assert!(matches!(error, ImportError::NotAFileOrFolder(_)), "{error}");
         assert!(error.to_string().contains("queue"), "{error}");
     }
