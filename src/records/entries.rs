@@ -179,10 +179,10 @@ pub fn read_all<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<Vec<Entry
 /// Reads all entries in record-CID order and maps each through `f` (dropping `None`s), one
 /// chunk at a time. (Mapping chunks on several threads was measured slower: the index lookups
 /// in `f` contend.)
-pub fn read_all_with<S, T, F>(store: &S, root: &Cid, f: F) -> Result<Vec<T>>
+pub fn read_all_with<S, T, F>(store: &S, root: &Cid, mut f: F) -> Result<Vec<T>>
 where
     S: BlockGet + ?Sized,
-    F: Fn(Entry) -> Result<Option<T>>,
+    F: FnMut(Entry) -> Result<Option<T>>,
 {
     let decoded = read_root(store, root)?;
     let chunks: Vec<(Vec<u8>, Vec<u8>, Vec<T>)> = decoded
