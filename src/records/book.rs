@@ -934,7 +934,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 None => blocks.missing_records.push(entry.record),
             }
         }
-        blocks.content_roots.sort_by_key(|c| c.to_bytes());
+        blocks.content_roots.sort_by_cached_key(|c| c.to_bytes());
         blocks.content_roots.dedup();
         Ok(blocks)
     }
@@ -956,6 +956,48 @@ pub fn kind_of(bytes: &[u8]) -> Option<Kind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(i: u32) -> RecordSummary {
+        RecordSummary {
+            title: format!("Lesson {i} – fractions"),
+            licence: "CC-BY-4.0".into(),
+            publisher: "did:key:z6MkexamplePublisher".into(),
+            content: cid_v1(block_codec::RAW, &i.to_le_bytes()),
+            retracted: i.is_multiple_of(3),
+        }
+    }
+
+    #[test]
+    fn summaries_round_trip_and_refuse_damage() -> Result<()> {
+        let value = encode_summary(&summary(7));
+        assert_eq!(decode_summary(&value)?, summary(7));
+        assert!(decode_summary(&value[..value.len() / 2]).is_err());
+        let mut unknown = value.clone();
+        unknown[0] = 0xa5;
+        assert!(decode_summary(&unknown).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn summary_scan_finds_what_point_lookups_find() -> Result<()> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let tree = db.open_tree(TREE_SUMMARIES)?;
+        let key = |i: u32| cid_v1(block_codec::RAW, &i.to_le_bytes()).to_bytes();
+        // Every fifth key is missing; the rest are present.
+        for i in (0..500u32).filter(|i| !i.is_multiple_of(5)) {
+            tree.insert(key(i), encode_summary(&summary(i)))?;
+        }
+        // Wanted keys in ascending order, with runs far apart so the scan has to restart.
+        let mut wanted: Vec<(u32, Vec<u8>)> = (0..500u32).filter(|i| i.is_multiple_of(7) || *i < 40).map(|i| (i, key(i))).collect();
+        wanted.push((1000, key(1000)));
+        wanted.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut scan = SummaryScan::new(&tree);
+        for (i, wanted_key) in &wanted {
+            let expected = (*i < 500 && !i.is_multiple_of(5)).then(|| summary(*i));
+            assert_eq!(scan.get(wanted_key)?, expected, "key of {i}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn seq_keys_sort_by_seq_within_a_collection() {
