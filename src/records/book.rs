@@ -253,6 +253,85 @@ fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_ipld_dagcbor::from_slice(bytes).map_err(|e| damaged(format!("cannot decode local state: {e}")))
 }
 
+/// First byte of a summary in the index's own binary format. Summaries are read once per entry
+/// of every listing, so they are kept in a form that decodes without a general CBOR parser.
+const SUMMARY_FORMAT_V1: u8 = 1;
+const SUMMARY_RETRACTED: u8 = 1;
+
+/// Version byte, flags, then title, licence and publisher each as a 4-byte little-endian
+/// length and UTF-8 bytes, then the content CID's bytes up to the end.
+fn encode_summary(summary: &RecordSummary) -> Vec<u8> {
+    let content = summary.content.to_bytes();
+    let texts = [&summary.title, &summary.licence, &summary.publisher];
+    let mut value = Vec::with_capacity(2 + texts.iter().map(|t| 4 + t.len()).sum::<usize>() + content.len());
+    value.push(SUMMARY_FORMAT_V1);
+    value.push(if summary.retracted { SUMMARY_RETRACTED } else { 0 });
+    for text in texts {
+        // Record fields are capped far below 4 GiB before a record is accepted.
+        value.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        value.extend_from_slice(text.as_bytes());
+    }
+    value.extend_from_slice(&content);
+    value
+}
+
+fn decode_summary(value: &[u8]) -> Result<RecordSummary> {
+    let short = || damaged("summary entry too short");
+    let (&version, rest) = value.split_first().ok_or_else(short)?;
+    if version != SUMMARY_FORMAT_V1 {
+        return Err(damaged(format!("summary entry has unknown format {version}")));
+    }
+    let (&flags, mut rest) = rest.split_first().ok_or_else(short)?;
+    let mut text = || -> Result<String> {
+        let (length, tail) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+        let (text, tail) = tail.split_at_checked(u32::from_le_bytes(*length) as usize).ok_or_else(short)?;
+        rest = tail;
+        String::from_utf8(text.to_vec()).map_err(|_| damaged("summary text is not UTF-8"))
+    };
+    let (title, licence, publisher) = (text()?, text()?, text()?);
+    Ok(RecordSummary { title, licence, publisher, content: cid_from_bytes(rest)?, retracted: flags & SUMMARY_RETRACTED != 0 })
+}
+
+/// Looks up the summaries of keys given in ascending order with one ordered scan of the
+/// index instead of a tree descent per key. A key far ahead of the scan starts a new scan
+/// there, so a small collection in a large index still costs about one lookup per entry.
+struct SummaryScan<'a> {
+    tree: &'a sled::Tree,
+    scan: Option<sled::Iter>,
+    current: Option<(sled::IVec, sled::IVec)>,
+}
+
+/// Index entries stepped over before the scan is restarted at the wanted key instead.
+const SCAN_SKIP_LIMIT: usize = 16;
+
+impl<'a> SummaryScan<'a> {
+    fn new(tree: &'a sled::Tree) -> SummaryScan<'a> {
+        SummaryScan { tree, scan: None, current: None }
+    }
+
+    /// The summary stored under `key`; keys must be asked for in ascending order.
+    fn get(&mut self, key: &[u8]) -> Result<Option<RecordSummary>> {
+        let mut skipped = 0;
+        loop {
+            match (&self.current, &mut self.scan) {
+                (Some((found, value)), _) if found.as_ref() == key => return decode_summary(value).map(Some),
+                (Some((found, _)), _) if found.as_ref() > key => return Ok(None),
+                // The scan ran off the end of the index: no later key is there either.
+                (None, Some(_)) => return Ok(None),
+                (_, Some(scan)) if skipped < SCAN_SKIP_LIMIT => {
+                    self.current = scan.next().transpose()?;
+                    skipped += 1;
+                }
+                _ => {
+                    let mut scan = self.tree.range(key..);
+                    self.current = scan.next().transpose()?;
+                    self.scan = Some(scan);
+                }
+            }
+        }
+    }
+}
+
 fn transaction_error(error: TransactionError<RecordError>) -> RecordError {
     match error {
         TransactionError::Abort(inner) => inner,
@@ -339,7 +418,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             content: record.content,
             retracted: self.retractions.contains_key(&key)?,
         };
-        self.summaries.insert(key, to_cbor(&summary)?)?;
+        self.summaries.insert(key, encode_summary(&summary))?;
         self.by_content.insert(content_key(&record.content, cid), &[])?;
         Ok(())
     }
@@ -371,7 +450,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// The index summary of an accepted record.
     pub fn summary(&self, cid: &Cid) -> Result<Option<RecordSummary>> {
-        self.summaries.get(cid.to_bytes())?.map(|v| from_cbor(&v)).transpose()
+        self.summaries.get(cid.to_bytes())?.map(|v| decode_summary(&v)).transpose()
     }
 
     /// Non-retracted records describing `content`.
@@ -435,7 +514,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             content: record.content,
             retracted: true,
         };
-        let summary = to_cbor(&summary)?;
+        let summary = encode_summary(&summary);
         (&self.retractions, &self.summaries)
             .transaction(|(retractions, summaries)| {
                 retractions.insert(key.as_slice(), cid.to_bytes())?;
@@ -664,7 +743,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         for item in self.summaries.iter() {
             let (key, value) = item?;
             let record = cid_from_bytes(&key)?;
-            let summary: RecordSummary = from_cbor(&value)?;
+            let summary = decode_summary(&value)?;
             // A retracted record stays (it is small, and it is how the retraction is
             // checked on every node it travels to); its content may go.
             roots.keep.push(record);
@@ -736,17 +815,32 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     pub fn collection_show(&self, id: &CollectionId) -> Result<CollectionView> {
         let (seq, head_cid) = self.newest_head(id)?.ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
         let head = self.load_head(&head_cid)?;
-        let retracted_hidden = std::sync::atomic::AtomicUsize::new(0);
+        let mut retracted_hidden = 0;
+        let mut summaries = SummaryScan::new(&self.summaries);
+        // Entries of one collection mostly share a publisher: ask the trust set once per run.
+        let mut last_trust: Option<(String, bool)> = None;
+        let mut key = Vec::new();
         let views = entries::read_all_with(&self.blocks, &head.entries, |entry| {
-            let summary = self.summary(&entry.record)?;
+            key.clear();
+            entry.record.write_bytes(&mut key).map_err(|e| damaged(format!("cannot encode CID: {e}")))?;
+            let summary = summaries.get(&key)?;
             if summary.as_ref().is_some_and(|s| s.retracted) {
-                retracted_hidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                retracted_hidden += 1;
                 return Ok(None);
             }
-            let trusted = summary.as_ref().is_some_and(|s| self.trusted.is_trusted(&s.publisher));
+            let trusted = match &summary {
+                None => false,
+                Some(s) => match &last_trust {
+                    Some((publisher, trusted)) if *publisher == s.publisher => *trusted,
+                    _ => {
+                        let trusted = self.trusted.is_trusted(&s.publisher);
+                        last_trust = Some((s.publisher.clone(), trusted));
+                        trusted
+                    }
+                },
+            };
             Ok(Some(EntryView { entry, summary, trusted }))
         })?;
-        let retracted_hidden = retracted_hidden.into_inner();
         Ok(CollectionView {
             id: id.clone(),
             head: head_cid,
@@ -830,8 +924,9 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             entry_blocks: entries::block_cids(&self.blocks, &head.entries)?,
             ..CollectionBlocks::default()
         };
+        let mut summaries = SummaryScan::new(&self.summaries);
         for entry in entries::read_all(&self.blocks, &head.entries)? {
-            match self.summary(&entry.record)? {
+            match summaries.get(&entry.record.to_bytes())? {
                 Some(summary) => {
                     blocks.records.push(entry.record);
                     blocks.content_roots.push(summary.content);
@@ -839,7 +934,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 None => blocks.missing_records.push(entry.record),
             }
         }
-        blocks.content_roots.sort_by_key(|c| c.to_bytes());
+        blocks.content_roots.sort_by_cached_key(|c| c.to_bytes());
         blocks.content_roots.dedup();
         Ok(blocks)
     }
@@ -861,6 +956,48 @@ pub fn kind_of(bytes: &[u8]) -> Option<Kind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(i: u32) -> RecordSummary {
+        RecordSummary {
+            title: format!("Lesson {i} – fractions"),
+            licence: "CC-BY-4.0".into(),
+            publisher: "did:key:z6MkexamplePublisher".into(),
+            content: cid_v1(block_codec::RAW, &i.to_le_bytes()),
+            retracted: i.is_multiple_of(3),
+        }
+    }
+
+    #[test]
+    fn summaries_round_trip_and_refuse_damage() -> Result<()> {
+        let value = encode_summary(&summary(7));
+        assert_eq!(decode_summary(&value)?, summary(7));
+        assert!(decode_summary(&value[..value.len() / 2]).is_err());
+        let mut unknown = value.clone();
+        unknown[0] = 0xa5;
+        assert!(decode_summary(&unknown).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn summary_scan_finds_what_point_lookups_find() -> Result<()> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let tree = db.open_tree(TREE_SUMMARIES)?;
+        let key = |i: u32| cid_v1(block_codec::RAW, &i.to_le_bytes()).to_bytes();
+        // Every fifth key is missing; the rest are present.
+        for i in (0..500u32).filter(|i| !i.is_multiple_of(5)) {
+            tree.insert(key(i), encode_summary(&summary(i)))?;
+        }
+        // Wanted keys in ascending order, with runs far apart so the scan has to restart.
+        let mut wanted: Vec<(u32, Vec<u8>)> = (0..500u32).filter(|i| i.is_multiple_of(7) || *i < 40).map(|i| (i, key(i))).collect();
+        wanted.push((1000, key(1000)));
+        wanted.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut scan = SummaryScan::new(&tree);
+        for (i, wanted_key) in &wanted {
+            let expected = (*i < 500 && !i.is_multiple_of(5)).then(|| summary(*i));
+            assert_eq!(scan.get(wanted_key)?, expected, "key of {i}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn seq_keys_sort_by_seq_within_a_collection() {

@@ -71,6 +71,19 @@ pub trait Tagged {
 
 /// Decodes `bytes` as a `kind` object, refusing anything but its one canonical encoding.
 pub fn decode<T: DeserializeOwned + Serialize + Tagged>(kind: Kind, bytes: &[u8]) -> Result<T> {
+    let value: T = decode_linked(kind, bytes)?;
+    if encode(kind, &value)? != bytes {
+        return Err(RecordError::NonCanonical { kind });
+    }
+    Ok(value)
+}
+
+/// Decodes `bytes` as a `kind` object with every check of [`decode`] but the canonical-form
+/// one, for unsigned blocks that were fetched by a CID from an already verified object and
+/// hashed against it. Canonical form keeps others from varying a CID or a signed payload by
+/// re-encoding; such a block's bytes are fixed by the link that led to them, so re-encoding
+/// it would only repeat the work.
+pub fn decode_linked<T: DeserializeOwned + Tagged>(kind: Kind, bytes: &[u8]) -> Result<T> {
     let limit = kind.max_size();
     if bytes.len() > limit {
         return Err(RecordError::TooLarge { kind, size: bytes.len(), limit });
@@ -87,9 +100,6 @@ pub fn decode<T: DeserializeOwned + Serialize + Tagged>(kind: Kind, bytes: &[u8]
     };
     if value.kind_tag() != kind.tag() {
         return Err(RecordError::WrongKind { expected: kind, expected_tag: kind.tag(), found: value.kind_tag().into() });
-    }
-    if encode(kind, &value)? != bytes {
-        return Err(RecordError::NonCanonical { kind });
     }
     Ok(value)
 }

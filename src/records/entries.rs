@@ -153,7 +153,8 @@ pub fn read_root<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<EntryRoo
 
 /// Reads and checks one chunk against what the root says about it.
 fn read_chunk<S: BlockGet + ?Sized>(store: &S, chunk_ref: &ChunkRef) -> Result<Vec<Entry>> {
-    let chunk: EntryChunk = codec::decode(Kind::EntryChunk, &get_verified(store, &chunk_ref.chunk)?)?;
+    // Chunks are reached only through a root, whose links fix their bytes.
+    let chunk: EntryChunk = codec::decode_linked(Kind::EntryChunk, &get_verified(store, &chunk_ref.chunk)?)?;
     let inconsistent = |what: &str| RecordError::InvalidEntryList(format!("chunk {}: {what}", chunk_ref.chunk));
     if chunk.entries.len() as u64 != chunk_ref.count {
         return Err(inconsistent("entry count differs from the root's"));
@@ -161,11 +162,15 @@ fn read_chunk<S: BlockGet + ?Sized>(store: &S, chunk_ref: &ChunkRef) -> Result<V
     if chunk.entries.first().map(|e| e.record) != Some(chunk_ref.first) {
         return Err(inconsistent("first entry differs from the root's"));
     }
-    let sorted = chunk.entries.windows(2).all(|pair| sort_key(&pair[0].record) < sort_key(&pair[1].record));
-    if !sorted {
-        return Err(inconsistent("entries are not strictly sorted by record CID"));
-    }
-    for entry in &chunk.entries {
+    // Two buffers reused for every entry, rather than two allocations per comparison.
+    let (mut previous, mut current) = (Vec::new(), Vec::new());
+    for (index, entry) in chunk.entries.iter().enumerate() {
+        current.clear();
+        entry.record.write_bytes(&mut current).map_err(|e| inconsistent(&format!("cannot encode a record CID: {e}")))?;
+        if index > 0 && previous >= current {
+            return Err(inconsistent("entries are not strictly sorted by record CID"));
+        }
+        std::mem::swap(&mut previous, &mut current);
         entry.validate()?;
     }
     Ok(chunk.entries)
@@ -179,33 +184,29 @@ pub fn read_all<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<Vec<Entry
 /// Reads all entries in record-CID order and maps each through `f` (dropping `None`s), one
 /// chunk at a time. (Mapping chunks on several threads was measured slower: the index lookups
 /// in `f` contend.)
-pub fn read_all_with<S, T, F>(store: &S, root: &Cid, f: F) -> Result<Vec<T>>
+pub fn read_all_with<S, T, F>(store: &S, root: &Cid, mut f: F) -> Result<Vec<T>>
 where
     S: BlockGet + ?Sized,
-    F: Fn(Entry) -> Result<Option<T>>,
+    F: FnMut(Entry) -> Result<Option<T>>,
 {
     let decoded = read_root(store, root)?;
-    let chunks: Vec<(Vec<u8>, Vec<u8>, Vec<T>)> = decoded
-        .chunks
-        .iter()
-        .map(|chunk_ref| {
-            let entries = read_chunk(store, chunk_ref)?;
-            let first = entries.first().map(|e| sort_key(&e.record)).unwrap_or_default();
-            let last = entries.last().map(|e| sort_key(&e.record)).unwrap_or_default();
-            let mut mapped = Vec::with_capacity(entries.len());
-            for entry in entries {
-                mapped.extend(f(entry)?);
-            }
-            Ok((first, last, mapped))
-        })
-        .collect::<Result<_>>()?;
-    // Chunks are sorted by first entry; this also rules out overlapping chunks.
-    for (pair, chunk_ref) in chunks.windows(2).zip(decoded.chunks.iter().skip(1)) {
-        if pair[0].1 >= pair[1].0 {
+    // `read_root` capped the count at MAX_ENTRIES; mapping straight into one vector saves
+    // moving every mapped entry once more.
+    let mut mapped = Vec::with_capacity(decoded.count as usize);
+    let mut previous_last: Option<Vec<u8>> = None;
+    for chunk_ref in &decoded.chunks {
+        let entries = read_chunk(store, chunk_ref)?;
+        // Chunks are sorted by first entry; this also rules out overlapping chunks.
+        let first = entries.first().map(|e| sort_key(&e.record)).unwrap_or_default();
+        if previous_last.is_some_and(|last| last >= first) {
             return Err(RecordError::InvalidEntryList(format!("chunk {} overlaps its predecessor", chunk_ref.chunk)));
         }
+        previous_last = entries.last().map(|e| sort_key(&e.record));
+        for entry in entries {
+            mapped.extend(f(entry)?);
+        }
     }
-    Ok(chunks.into_iter().flat_map(|(_, _, mapped)| mapped).collect())
+    Ok(mapped)
 }
 
 /// The CIDs of the root and all chunk blocks.
