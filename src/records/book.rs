@@ -129,7 +129,10 @@ pub struct EntryView {
 impl EntryView {
     /// The entry's own title, else the record's.
     pub fn title(&self) -> Option<&str> {
-        self.entry.title.as_deref().or(self.summary.as_ref().map(|s| s.title.as_str()))
+        self.entry
+            .title
+            .as_deref()
+            .or(self.summary.as_ref().map(|s| s.title.as_str()))
     }
 }
 
@@ -159,7 +162,13 @@ pub struct CollectionListing {
 /// One step back through a collection's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HistoryEntry {
-    Version { cid: Cid, seq: u64, time: String, entry_count: u64, entries: Cid },
+    Version {
+        cid: Cid,
+        seq: u64,
+        time: String,
+        entry_count: u64,
+        entries: Cid,
+    },
     /// The previous head is not in the local store; history stops here.
     Missing { cid: Cid },
     /// The previous head is in the store but is not a valid head of this collection.
@@ -182,7 +191,12 @@ pub struct CollectionBlocks {
 impl CollectionBlocks {
     /// Head, entry blocks and records: the record-layer blocks to put in a CAR.
     pub fn record_layer_blocks(&self) -> Vec<Cid> {
-        self.head.iter().chain(&self.entry_blocks).chain(&self.records).copied().collect()
+        self.head
+            .iter()
+            .chain(&self.entry_blocks)
+            .chain(&self.records)
+            .copied()
+            .collect()
     }
 }
 
@@ -240,17 +254,21 @@ fn encode_newest(seq: u64, cid: &Cid) -> Vec<u8> {
 }
 
 fn decode_newest(value: &[u8]) -> Result<(u64, Cid)> {
-    let (seq, cid) = value.split_at_checked(8).ok_or_else(|| damaged("newest-head entry too short"))?;
+    let (seq, cid) = value
+        .split_at_checked(8)
+        .ok_or_else(|| damaged("newest-head entry too short"))?;
     let seq = u64::from_be_bytes(seq.try_into().map_err(|_| damaged("newest-head seq"))?);
     Ok((seq, cid_from_bytes(cid)?))
 }
 
 fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_ipld_dagcbor::to_vec(value).map_err(|e| damaged(format!("cannot encode local state: {e}")))
+    serde_ipld_dagcbor::to_vec(value)
+        .map_err(|e| damaged(format!("cannot encode local state: {e}")))
 }
 
 fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| damaged(format!("cannot decode local state: {e}")))
+    serde_ipld_dagcbor::from_slice(bytes)
+        .map_err(|e| damaged(format!("cannot decode local state: {e}")))
 }
 
 /// First byte of a summary in the index's own binary format. Summaries are read once per entry
@@ -263,9 +281,14 @@ const SUMMARY_RETRACTED: u8 = 1;
 fn encode_summary(summary: &RecordSummary) -> Vec<u8> {
     let content = summary.content.to_bytes();
     let texts = [&summary.title, &summary.licence, &summary.publisher];
-    let mut value = Vec::with_capacity(2 + texts.iter().map(|t| 4 + t.len()).sum::<usize>() + content.len());
+    let mut value =
+        Vec::with_capacity(2 + texts.iter().map(|t| 4 + t.len()).sum::<usize>() + content.len());
     value.push(SUMMARY_FORMAT_V1);
-    value.push(if summary.retracted { SUMMARY_RETRACTED } else { 0 });
+    value.push(if summary.retracted {
+        SUMMARY_RETRACTED
+    } else {
+        0
+    });
     for text in texts {
         // Record fields are capped far below 4 GiB before a record is accepted.
         value.extend_from_slice(&(text.len() as u32).to_le_bytes());
@@ -279,17 +302,27 @@ fn decode_summary(value: &[u8]) -> Result<RecordSummary> {
     let short = || damaged("summary entry too short");
     let (&version, rest) = value.split_first().ok_or_else(short)?;
     if version != SUMMARY_FORMAT_V1 {
-        return Err(damaged(format!("summary entry has unknown format {version}")));
+        return Err(damaged(format!(
+            "summary entry has unknown format {version}"
+        )));
     }
     let (&flags, mut rest) = rest.split_first().ok_or_else(short)?;
     let mut text = || -> Result<String> {
         let (length, tail) = rest.split_first_chunk::<4>().ok_or_else(short)?;
-        let (text, tail) = tail.split_at_checked(u32::from_le_bytes(*length) as usize).ok_or_else(short)?;
+        let (text, tail) = tail
+            .split_at_checked(u32::from_le_bytes(*length) as usize)
+            .ok_or_else(short)?;
         rest = tail;
         String::from_utf8(text.to_vec()).map_err(|_| damaged("summary text is not UTF-8"))
     };
     let (title, licence, publisher) = (text()?, text()?, text()?);
-    Ok(RecordSummary { title, licence, publisher, content: cid_from_bytes(rest)?, retracted: flags & SUMMARY_RETRACTED != 0 })
+    Ok(RecordSummary {
+        title,
+        licence,
+        publisher,
+        content: cid_from_bytes(rest)?,
+        retracted: flags & SUMMARY_RETRACTED != 0,
+    })
 }
 
 /// Looks up the summaries of keys given in ascending order with one ordered scan of the
@@ -306,7 +339,11 @@ const SCAN_SKIP_LIMIT: usize = 16;
 
 impl<'a> SummaryScan<'a> {
     fn new(tree: &'a sled::Tree) -> SummaryScan<'a> {
-        SummaryScan { tree, scan: None, current: None }
+        SummaryScan {
+            tree,
+            scan: None,
+            current: None,
+        }
     }
 
     /// The summary stored under `key`; keys must be asked for in ascending order.
@@ -314,7 +351,9 @@ impl<'a> SummaryScan<'a> {
         let mut skipped = 0;
         loop {
             match (&self.current, &mut self.scan) {
-                (Some((found, value)), _) if found.as_ref() == key => return decode_summary(value).map(Some),
+                (Some((found, value)), _) if found.as_ref() == key => {
+                    return decode_summary(value).map(Some)
+                }
                 (Some((found, _)), _) if found.as_ref() > key => return Ok(None),
                 // The scan ran off the end of the index: no later key is there either.
                 (None, Some(_)) => return Ok(None),
@@ -385,18 +424,32 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         for based_on in &draft.based_on {
             let parent = self.load_record(&based_on.record).map_err(|e| match e {
                 RecordError::Block(BlockError::NotFound(cid)) => RecordError::ParentMissing(cid),
-                other => RecordError::ParentInvalid { cid: based_on.record, reason: other.to_string() },
+                other => RecordError::ParentInvalid {
+                    cid: based_on.record,
+                    reason: other.to_string(),
+                },
             })?;
             let licence = parent
                 .parsed_licence()
-                .map_err(|e| RecordError::ParentInvalid { cid: based_on.record, reason: e.to_string() })?;
-            parents.push(ParentWork { cid: based_on.record, title: parent.title, licence });
+                .map_err(|e| RecordError::ParentInvalid {
+                    cid: based_on.record,
+                    reason: e.to_string(),
+                })?;
+            parents.push(ParentWork {
+                cid: based_on.record,
+                title: parent.title,
+                licence,
+            });
         }
         let warnings = check_adaptation(&child_licence, &parents)?;
         let (cid, record, bytes) = Record::sign(key, draft)?;
         self.blocks.put_block(&cid, &bytes)?;
         self.index_record(&cid, &record)?;
-        Ok(SignedRecord { cid, record, warnings })
+        Ok(SignedRecord {
+            cid,
+            record,
+            warnings,
+        })
     }
 
     /// Accepts a record received from elsewhere: decoded strictly and verified before anything
@@ -419,7 +472,8 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             retracted: self.retractions.contains_key(&key)?,
         };
         self.summaries.insert(key, encode_summary(&summary))?;
-        self.by_content.insert(content_key(&record.content, cid), &[])?;
+        self.by_content
+            .insert(content_key(&record.content, cid), &[])?;
         Ok(())
     }
 
@@ -432,8 +486,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     /// Reads a record back, verifies it again, and builds its attribution.
     pub fn show_record(&self, cid: &Cid) -> Result<RecordView> {
         let record = self.load_record(cid)?;
-        let parents: Vec<(Cid, Option<Record>)> =
-            record.based_on.iter().map(|p| (p.record, self.load_record(&p.record).ok())).collect();
+        let parents: Vec<(Cid, Option<Record>)> = record
+            .based_on
+            .iter()
+            .map(|p| (p.record, self.load_record(&p.record).ok()))
+            .collect();
         Ok(RecordView {
             cid: *cid,
             trusted: self.trusted.is_trusted(&record.publisher),
@@ -450,7 +507,10 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// The index summary of an accepted record.
     pub fn summary(&self, cid: &Cid) -> Result<Option<RecordSummary>> {
-        self.summaries.get(cid.to_bytes())?.map(|v| decode_summary(&v)).transpose()
+        self.summaries
+            .get(cid.to_bytes())?
+            .map(|v| decode_summary(&v))
+            .transpose()
     }
 
     /// Non-retracted records describing `content`.
@@ -462,11 +522,17 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         for item in self.by_content.scan_prefix(&prefix) {
             let (key, _) = item?;
             let cid = cid_from_bytes(&key[prefix.len()..])?;
-            let Some(summary) = self.summary(&cid)? else { continue };
+            let Some(summary) = self.summary(&cid)? else {
+                continue;
+            };
             if summary.retracted {
                 continue;
             }
-            listings.push(RecordListing { cid, trusted: self.trusted.is_trusted(&summary.publisher), summary });
+            listings.push(RecordListing {
+                cid,
+                trusted: self.trusted.is_trusted(&summary.publisher),
+                summary,
+            });
         }
         Ok(listings)
     }
@@ -477,8 +543,18 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// The provenance tree of a record; problems become nodes, never errors.
     pub fn provenance(&self, cid: &Cid) -> ProvenanceNode {
-        let is_retracted = |cid: &Cid| self.retractions.contains_key(cid.to_bytes()).unwrap_or(false);
-        provenance::walk(&self.blocks, &self.trusted, is_retracted, cid, provenance::DEFAULT_MAX_DEPTH)
+        let is_retracted = |cid: &Cid| {
+            self.retractions
+                .contains_key(cid.to_bytes())
+                .unwrap_or(false)
+        };
+        provenance::walk(
+            &self.blocks,
+            &self.trusted,
+            is_retracted,
+            cid,
+            provenance::DEFAULT_MAX_DEPTH,
+        )
     }
 
     // ---- retractions ----
@@ -494,15 +570,19 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     pub fn accept_retraction(&self, bytes: &[u8]) -> Result<Cid> {
         let retraction = Retraction::decode_and_verify(bytes)?;
         let record = match self.load_record(&retraction.record) {
-            Err(RecordError::Block(BlockError::NotFound(cid))) => return Err(RecordError::UnknownRecord(cid)),
+            Err(RecordError::Block(BlockError::NotFound(cid))) => {
+                return Err(RecordError::UnknownRecord(cid))
+            }
             other => other?,
         };
         if record.publisher != retraction.publisher {
-            return Err(RecordError::RetractionByOtherKey(Box::new(ForeignRetraction {
-                record: retraction.record,
-                publisher: record.publisher,
-                retractor: retraction.publisher,
-            })));
+            return Err(RecordError::RetractionByOtherKey(Box::new(
+                ForeignRetraction {
+                    record: retraction.record,
+                    publisher: record.publisher,
+                    retractor: retraction.publisher,
+                },
+            )));
         }
         let cid = cid_v1(block_codec::DAG_CBOR, bytes);
         self.blocks.put_block(&cid, bytes)?;
@@ -527,13 +607,19 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// The retraction block of a retracted record.
     pub fn retraction_of(&self, record: &Cid) -> Result<Option<Cid>> {
-        self.retractions.get(record.to_bytes())?.map(|v| cid_from_bytes(&v)).transpose()
+        self.retractions
+            .get(record.to_bytes())?
+            .map(|v| cid_from_bytes(&v))
+            .transpose()
     }
 
     // ---- this node's own collections ----
 
     fn draft(&self, name: &str) -> Result<DraftState> {
-        let value = self.drafts.get(name.as_bytes())?.ok_or_else(|| RecordError::NoSuchDraft(name.to_string()))?;
+        let value = self
+            .drafts
+            .get(name.as_bytes())?
+            .ok_or_else(|| RecordError::NoSuchDraft(name.to_string()))?;
         from_cbor(&value)
     }
 
@@ -544,7 +630,12 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// Starts a new, empty local collection published by `publisher`, whose signing key is
     /// `key_name` in the key directory.
-    pub fn create_collection(&self, name: &str, key_name: &str, publisher: &VerifyingKey) -> Result<CollectionId> {
+    pub fn create_collection(
+        &self,
+        name: &str,
+        key_name: &str,
+        publisher: &VerifyingKey,
+    ) -> Result<CollectionId> {
         let id = CollectionId::new(*publisher, name)?;
         keys::validate_key_name(key_name)?;
         let empty = entries::write_empty(&self.blocks)?;
@@ -556,9 +647,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             published_seq: 0,
             published_head: None,
         };
-        let created = self
-            .drafts
-            .compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(to_cbor(&state)?))?;
+        let created = self.drafts.compare_and_swap(
+            name.as_bytes(),
+            None as Option<&[u8]>,
+            Some(to_cbor(&state)?),
+        )?;
         created.map_err(|_| RecordError::DraftExists(name.to_string()))?;
         Ok(id)
     }
@@ -568,16 +661,25 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         let mut drafts = Vec::new();
         for item in self.drafts.iter() {
             let (key, value) = item?;
-            let name = String::from_utf8(key.to_vec()).map_err(|_| damaged("draft name is not UTF-8"))?;
+            let name =
+                String::from_utf8(key.to_vec()).map_err(|_| damaged("draft name is not UTF-8"))?;
             let state: DraftState = from_cbor(&value)?;
-            drafts.push(DraftInfo { id: CollectionId::from_did(&state.publisher, &name)?, name, state });
+            drafts.push(DraftInfo {
+                id: CollectionId::from_did(&state.publisher, &name)?,
+                name,
+                state,
+            });
         }
         Ok(drafts)
     }
 
     pub fn draft_info(&self, name: &str) -> Result<DraftInfo> {
         let state = self.draft(name)?;
-        Ok(DraftInfo { id: CollectionId::from_did(&state.publisher, name)?, name: name.to_string(), state })
+        Ok(DraftInfo {
+            id: CollectionId::from_did(&state.publisher, name)?,
+            name: name.to_string(),
+            state,
+        })
     }
 
     /// Adds entries (replacing any with the same record CID). Only touched chunks are rewritten.
@@ -587,10 +689,18 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// Removes the entry for `record`; returns whether it was there.
     pub fn remove_entry(&self, name: &str, record: &Cid) -> Result<bool> {
-        Ok(self.edit_entries(name, Vec::new(), std::slice::from_ref(record))?.removed > 0)
+        Ok(self
+            .edit_entries(name, Vec::new(), std::slice::from_ref(record))?
+            .removed
+            > 0)
     }
 
-    fn edit_entries(&self, name: &str, additions: Vec<Entry>, removals: &[Cid]) -> Result<EditOutcome> {
+    fn edit_entries(
+        &self,
+        name: &str,
+        additions: Vec<Entry>,
+        removals: &[Cid],
+    ) -> Result<EditOutcome> {
         let mut state = self.draft(name)?;
         let outcome = entries::edit(&self.blocks, &state.entries, additions, removals)?;
         state.entries = outcome.root;
@@ -612,7 +722,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         let mut state = self.draft(name)?;
         let signer = keys::did_key(&key.verifying_key());
         if signer != state.publisher {
-            return Err(RecordError::KeyMismatch { name: name.to_string(), expected: state.publisher, got: signer });
+            return Err(RecordError::KeyMismatch {
+                name: name.to_string(),
+                expected: state.publisher,
+                got: signer,
+            });
         }
         let seq = state.published_seq + 1;
         let draft = HeadDraft {
@@ -639,7 +753,12 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             })
             .map_err(transaction_error)?;
         self.db.flush()?;
-        Ok(Published { id, head: head_cid, seq, entry_count: state.entry_count })
+        Ok(Published {
+            id,
+            head: head_cid,
+            seq,
+            entry_count: state.entry_count,
+        })
     }
 
     // ---- heads from others ----
@@ -677,10 +796,20 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         let trusted = self.trusted.is_trusted(&head.publisher);
         match self.check_head(&id_text, head.seq, &cid)? {
             HeadCheck::SameAsNewest => {
-                return Ok(AcceptedHead { id, cid, seq: head.seq, trusted, already_known: true })
+                return Ok(AcceptedHead {
+                    id,
+                    cid,
+                    seq: head.seq,
+                    trusted,
+                    already_known: true,
+                })
             }
             HeadCheck::Replay { newest } => {
-                return Err(RecordError::Replay { collection: id_text, newest, got: head.seq })
+                return Err(RecordError::Replay {
+                    collection: id_text,
+                    newest,
+                    got: head.seq,
+                })
             }
             HeadCheck::Equivocation { known } => {
                 self.blocks.put_block(&cid, bytes)?;
@@ -703,13 +832,15 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             .transaction(|(heads, head_log)| {
                 let log_key = seq_key(&id_text, seq);
                 if let Some(known) = head_log.get(&log_key)? {
-                    let known = cid_from_bytes(&known).map_err(ConflictableTransactionError::Abort)?;
+                    let known =
+                        cid_from_bytes(&known).map_err(ConflictableTransactionError::Abort)?;
                     if known != cid {
                         return Ok(HeadCheck::Equivocation { known });
                     }
                 }
                 if let Some(value) = heads.get(id_text.as_bytes())? {
-                    let (newest, _) = decode_newest(&value).map_err(ConflictableTransactionError::Abort)?;
+                    let (newest, _) =
+                        decode_newest(&value).map_err(ConflictableTransactionError::Abort)?;
                     if seq <= newest {
                         return Ok(HeadCheck::Replay { newest });
                     }
@@ -720,14 +851,26 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             })
             .map_err(transaction_error)?;
         match outcome {
-            HeadCheck::Fresh | HeadCheck::SameAsNewest => Ok(AcceptedHead { id, cid, seq, trusted, already_known: false }),
-            HeadCheck::Replay { newest } => Err(RecordError::Replay { collection: id_text, newest, got: seq }),
-            HeadCheck::Equivocation { known } => Err(RecordError::Equivocation(Box::new(Equivocation {
-                collection: id_text,
+            HeadCheck::Fresh | HeadCheck::SameAsNewest => Ok(AcceptedHead {
+                id,
+                cid,
                 seq,
-                known,
-                conflicting: cid,
-            }))),
+                trusted,
+                already_known: false,
+            }),
+            HeadCheck::Replay { newest } => Err(RecordError::Replay {
+                collection: id_text,
+                newest,
+                got: seq,
+            }),
+            HeadCheck::Equivocation { known } => {
+                Err(RecordError::Equivocation(Box::new(Equivocation {
+                    collection: id_text,
+                    seq,
+                    known,
+                    conflicting: cid,
+                })))
+            }
         }
     }
 
@@ -753,7 +896,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 live_content.insert(summary.content);
             }
         }
-        roots.retracted.extend(retracted_content.into_iter().filter(|content| !live_content.contains(content)));
+        roots.retracted.extend(
+            retracted_content
+                .into_iter()
+                .filter(|content| !live_content.contains(content)),
+        );
         for item in self.retractions.iter() {
             roots.keep.push(cid_from_bytes(&item?.1)?);
         }
@@ -788,7 +935,9 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         for item in self.equivocations.scan_prefix(&prefix) {
             let (key, value) = item?;
             let rest = &key[prefix.len()..];
-            let (seq, conflicting) = rest.split_at_checked(8).ok_or_else(|| damaged("equivocation key"))?;
+            let (seq, conflicting) = rest
+                .split_at_checked(8)
+                .ok_or_else(|| damaged("equivocation key"))?;
             found.push(Equivocation {
                 collection: id_text.clone(),
                 seq: u64::from_be_bytes(seq.try_into().map_err(|_| damaged("equivocation seq"))?),
@@ -801,7 +950,10 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// The newest accepted head of a collection.
     pub fn newest_head(&self, id: &CollectionId) -> Result<Option<(u64, Cid)>> {
-        self.heads.get(id.to_string().as_bytes())?.map(|v| decode_newest(&v)).transpose()
+        self.heads
+            .get(id.to_string().as_bytes())?
+            .map(|v| decode_newest(&v))
+            .transpose()
     }
 
     fn load_head(&self, cid: &Cid) -> Result<Head> {
@@ -813,7 +965,9 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     /// The newest version of a collection with its entries, joined with the record index.
     /// Entries whose record is retracted are left out (and counted).
     pub fn collection_show(&self, id: &CollectionId) -> Result<CollectionView> {
-        let (seq, head_cid) = self.newest_head(id)?.ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
+        let (seq, head_cid) = self
+            .newest_head(id)?
+            .ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
         let head = self.load_head(&head_cid)?;
         let mut retracted_hidden = 0;
         let mut summaries = SummaryScan::new(&self.summaries);
@@ -822,7 +976,10 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         let mut key = Vec::new();
         let views = entries::read_all_with(&self.blocks, &head.entries, |entry| {
             key.clear();
-            entry.record.write_bytes(&mut key).map_err(|e| damaged(format!("cannot encode CID: {e}")))?;
+            entry
+                .record
+                .write_bytes(&mut key)
+                .map_err(|e| damaged(format!("cannot encode CID: {e}")))?;
             let summary = summaries.get(&key)?;
             if summary.as_ref().is_some_and(|s| s.retracted) {
                 retracted_hidden += 1;
@@ -839,7 +996,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                     }
                 },
             };
-            Ok(Some(EntryView { entry, summary, trusted }))
+            Ok(Some(EntryView {
+                entry,
+                summary,
+                trusted,
+            }))
         })?;
         Ok(CollectionView {
             id: id.clone(),
@@ -857,10 +1018,16 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         let mut listings: Vec<CollectionListing> = Vec::new();
         for item in self.heads.iter() {
             let (key, value) = item?;
-            let id_text = std::str::from_utf8(&key).map_err(|_| damaged("collection id is not UTF-8"))?;
+            let id_text =
+                std::str::from_utf8(&key).map_err(|_| damaged("collection id is not UTF-8"))?;
             let id: CollectionId = id_text.parse()?;
             let trusted = self.trusted.is_trusted(&id.publisher_did());
-            listings.push(CollectionListing { id, newest: Some(decode_newest(&value)?), trusted, draft: None });
+            listings.push(CollectionListing {
+                id,
+                newest: Some(decode_newest(&value)?),
+                trusted,
+                draft: None,
+            });
         }
         for draft in self.drafts()? {
             match listings.iter_mut().find(|l| l.id == draft.id) {
@@ -880,7 +1047,9 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     /// The collection's versions, newest first, following `previous` links through the block
     /// store until the first head or a head that is not available.
     pub fn history(&self, id: &CollectionId) -> Result<Vec<HistoryEntry>> {
-        let (newest_seq, newest) = self.newest_head(id)?.ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
+        let (newest_seq, newest) = self
+            .newest_head(id)?
+            .ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
         let mut history = Vec::new();
         let mut next = Some(newest);
         let mut expected_seq = newest_seq;
@@ -892,14 +1061,21 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                     break;
                 }
                 Err(other) => {
-                    history.push(HistoryEntry::Invalid { cid, reason: other.to_string() });
+                    history.push(HistoryEntry::Invalid {
+                        cid,
+                        reason: other.to_string(),
+                    });
                     break;
                 }
             };
             // Seqs must fall by at least one per step, which also bounds the walk.
-            let belongs = head.collection_id().ok().as_ref() == Some(id) && head.seq <= expected_seq;
+            let belongs =
+                head.collection_id().ok().as_ref() == Some(id) && head.seq <= expected_seq;
             if !belongs {
-                history.push(HistoryEntry::Invalid { cid, reason: "not an earlier head of this collection".into() });
+                history.push(HistoryEntry::Invalid {
+                    cid,
+                    reason: "not an earlier head of this collection".into(),
+                });
                 break;
             }
             expected_seq = head.seq.saturating_sub(1);
@@ -948,9 +1124,15 @@ pub fn kind_of(bytes: &[u8]) -> Option<Kind> {
         kind: String,
     }
     let probe: Probe = serde_ipld_dagcbor::from_slice(bytes).ok()?;
-    [Kind::Record, Kind::Head, Kind::Retraction, Kind::EntryRoot, Kind::EntryChunk]
-        .into_iter()
-        .find(|k| k.tag() == probe.kind)
+    [
+        Kind::Record,
+        Kind::Head,
+        Kind::Retraction,
+        Kind::EntryRoot,
+        Kind::EntryChunk,
+    ]
+    .into_iter()
+    .find(|k| k.tag() == probe.kind)
 }
 
 #[cfg(test)]
@@ -988,7 +1170,10 @@ mod tests {
             tree.insert(key(i), encode_summary(&summary(i)))?;
         }
         // Wanted keys in ascending order, with runs far apart so the scan has to restart.
-        let mut wanted: Vec<(u32, Vec<u8>)> = (0..500u32).filter(|i| i.is_multiple_of(7) || *i < 40).map(|i| (i, key(i))).collect();
+        let mut wanted: Vec<(u32, Vec<u8>)> = (0..500u32)
+            .filter(|i| i.is_multiple_of(7) || *i < 40)
+            .map(|i| (i, key(i)))
+            .collect();
         wanted.push((1000, key(1000)));
         wanted.sort_by(|a, b| a.1.cmp(&b.1));
         let mut scan = SummaryScan::new(&tree);

@@ -53,7 +53,10 @@ impl Kind {
 
 /// The canonical DAG-CBOR bytes of `value`.
 pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>> {
-    serde_ipld_dagcbor::to_vec(value).map_err(|e| RecordError::Encode { kind, reason: e.to_string() })
+    serde_ipld_dagcbor::to_vec(value).map_err(|e| RecordError::Encode {
+        kind,
+        reason: e.to_string(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -86,10 +89,19 @@ pub fn decode<T: DeserializeOwned + Serialize + Tagged>(kind: Kind, bytes: &[u8]
 pub fn decode_linked<T: DeserializeOwned + Tagged>(kind: Kind, bytes: &[u8]) -> Result<T> {
     let limit = kind.max_size();
     if bytes.len() > limit {
-        return Err(RecordError::TooLarge { kind, size: bytes.len(), limit });
+        return Err(RecordError::TooLarge {
+            kind,
+            size: bytes.len(),
+            limit,
+        });
     }
     match bytes.first() {
-        None => return Err(RecordError::MalformedCbor { kind, reason: "empty input".into() }),
+        None => {
+            return Err(RecordError::MalformedCbor {
+                kind,
+                reason: "empty input".into(),
+            })
+        }
         Some(first) if first >> 5 != CBOR_MAJOR_MAP => return Err(RecordError::NotAMap { kind }),
         Some(_) => {}
     }
@@ -99,20 +111,36 @@ pub fn decode_linked<T: DeserializeOwned + Tagged>(kind: Kind, bytes: &[u8]) -> 
         Err(error) => return Err(explain_refusal(kind, bytes, error)),
     };
     if value.kind_tag() != kind.tag() {
-        return Err(RecordError::WrongKind { expected: kind, expected_tag: kind.tag(), found: value.kind_tag().into() });
+        return Err(RecordError::WrongKind {
+            expected: kind,
+            expected_tag: kind.tag(),
+            found: value.kind_tag().into(),
+        });
     }
     Ok(value)
 }
 
 /// A wrong kind tag explains a refusal better than the field errors it causes, so it is
 /// looked for first.
-fn explain_refusal<E: std::fmt::Debug>(kind: Kind, bytes: &[u8], error: DecodeError<E>) -> RecordError {
+fn explain_refusal<E: std::fmt::Debug>(
+    kind: Kind,
+    bytes: &[u8],
+    error: DecodeError<E>,
+) -> RecordError {
     match serde_ipld_dagcbor::from_slice::<KindProbe>(bytes) {
-        Err(probe_error) => RecordError::MalformedCbor { kind, reason: probe_error.to_string() },
-        Ok(KindProbe { kind: None }) => RecordError::MissingField { kind, field: KIND_FIELD.into() },
-        Ok(KindProbe { kind: Some(found) }) if found != kind.tag() => {
-            RecordError::WrongKind { expected: kind, expected_tag: kind.tag(), found }
-        }
+        Err(probe_error) => RecordError::MalformedCbor {
+            kind,
+            reason: probe_error.to_string(),
+        },
+        Ok(KindProbe { kind: None }) => RecordError::MissingField {
+            kind,
+            field: KIND_FIELD.into(),
+        },
+        Ok(KindProbe { kind: Some(found) }) if found != kind.tag() => RecordError::WrongKind {
+            expected: kind,
+            expected_tag: kind.tag(),
+            found,
+        },
         Ok(_) => classify_decode_error(kind, error),
     }
 }
@@ -123,17 +151,26 @@ fn classify_decode_error<E: std::fmt::Debug>(kind: Kind, error: DecodeError<E>) 
     match error {
         DecodeError::Msg(message) => {
             let quoted_name = |prefix: &str| {
-                message.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_string)
+                message
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.split('`').next())
+                    .map(str::to_string)
             };
             if let Some(field) = quoted_name("unknown field `") {
                 RecordError::UnknownField { kind, field }
             } else if let Some(field) = quoted_name("missing field `") {
                 RecordError::MissingField { kind, field }
             } else {
-                RecordError::InvalidField { kind, reason: message }
+                RecordError::InvalidField {
+                    kind,
+                    reason: message,
+                }
             }
         }
-        other => RecordError::MalformedCbor { kind, reason: format!("{other:?}") },
+        other => RecordError::MalformedCbor {
+            kind,
+            reason: format!("{other:?}"),
+        },
     }
 }
 
@@ -149,21 +186,31 @@ impl std::fmt::Debug for SignatureBytes {
 }
 
 impl Serialize for SignatureBytes {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for SignatureBytes {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         struct SignatureVisitor;
         impl serde::de::Visitor<'_> for SignatureVisitor {
             type Value = SignatureBytes;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a 64-byte signature")
             }
-            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> std::result::Result<SignatureBytes, E> {
-                let array: [u8; 64] = bytes.try_into().map_err(|_| E::invalid_length(bytes.len(), &self))?;
+            fn visit_bytes<E: serde::de::Error>(
+                self,
+                bytes: &[u8],
+            ) -> std::result::Result<SignatureBytes, E> {
+                let array: [u8; 64] = bytes
+                    .try_into()
+                    .map_err(|_| E::invalid_length(bytes.len(), &self))?;
                 Ok(SignatureBytes(array))
             }
         }
@@ -186,7 +233,14 @@ pub fn sign(kind: Kind, key: &SigningKey, unsigned_body: &[u8]) -> SignatureByte
 }
 
 /// Strict ed25519 verification (no small-order keys, no malleable signatures).
-pub fn verify(kind: Kind, publisher: &VerifyingKey, unsigned_body: &[u8], signature: &SignatureBytes) -> bool {
+pub fn verify(
+    kind: Kind,
+    publisher: &VerifyingKey,
+    unsigned_body: &[u8],
+    signature: &SignatureBytes,
+) -> bool {
     let signature = Signature::from_bytes(&signature.0);
-    publisher.verify_strict(&signing_payload(kind, unsigned_body), &signature).is_ok()
+    publisher
+        .verify_strict(&signing_payload(kind, unsigned_body), &signature)
+        .is_ok()
 }

@@ -21,7 +21,9 @@ pub fn validate_collection_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -41,7 +43,10 @@ pub struct CollectionId {
 impl CollectionId {
     pub fn new(publisher: VerifyingKey, name: &str) -> Result<CollectionId> {
         validate_collection_name(name)?;
-        Ok(CollectionId { publisher, name: name.to_string() })
+        Ok(CollectionId {
+            publisher,
+            name: name.to_string(),
+        })
     }
 
     pub fn from_did(publisher_did: &str, name: &str) -> Result<CollectionId> {
@@ -73,11 +78,20 @@ impl FromStr for CollectionId {
     type Err = RecordError;
 
     fn from_str(id: &str) -> Result<CollectionId> {
-        let invalid = |reason: &str| RecordError::InvalidCollectionId { id: id.to_string(), reason: reason.to_string() };
-        let (key_part, name) = id.split_once('/').ok_or_else(|| invalid("expected <publisher key>/<name>"))?;
-        let publisher = keys::parse_did_key(&format!("did:key:{key_part}")).map_err(|e| invalid(&e.to_string()))?;
+        let invalid = |reason: &str| RecordError::InvalidCollectionId {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        let (key_part, name) = id
+            .split_once('/')
+            .ok_or_else(|| invalid("expected <publisher key>/<name>"))?;
+        let publisher = keys::parse_did_key(&format!("did:key:{key_part}"))
+            .map_err(|e| invalid(&e.to_string()))?;
         validate_collection_name(name).map_err(|e| invalid(&e.to_string()))?;
-        Ok(CollectionId { publisher, name: name.to_string() })
+        Ok(CollectionId {
+            publisher,
+            name: name.to_string(),
+        })
     }
 }
 
@@ -142,9 +156,18 @@ impl Head {
         let head: Head = codec::decode(Kind::Head, bytes)?;
         head.validate()?;
         let publisher = keys::parse_did_key(&head.publisher)?;
-        let bad = || RecordError::BadSignature { kind: Kind::Head, publisher: head.publisher.clone() };
+        let bad = || RecordError::BadSignature {
+            kind: Kind::Head,
+            publisher: head.publisher.clone(),
+        };
         let signature = head.signature.ok_or_else(bad)?;
-        let body = codec::encode(Kind::Head, &Head { signature: None, ..head.clone() })?;
+        let body = codec::encode(
+            Kind::Head,
+            &Head {
+                signature: None,
+                ..head.clone()
+            },
+        )?;
         if !codec::verify(Kind::Head, &publisher, &body, &signature) {
             return Err(bad());
         }
@@ -159,8 +182,12 @@ impl Head {
         self.collection_id()?;
         match (self.seq, &self.previous) {
             (0, _) => Err(RecordError::InvalidSequence("seq starts at 1")),
-            (1, Some(_)) => Err(RecordError::InvalidSequence("seq 1 cannot have a previous head")),
-            (2.., None) => Err(RecordError::InvalidSequence("seq above 1 needs a previous head")),
+            (1, Some(_)) => Err(RecordError::InvalidSequence(
+                "seq 1 cannot have a previous head",
+            )),
+            (2.., None) => Err(RecordError::InvalidSequence(
+                "seq above 1 needs a previous head",
+            )),
             _ => validate::time(&self.time),
         }
     }
@@ -187,7 +214,12 @@ pub struct Retraction {
 const MAX_REASON_BYTES: usize = 1024;
 
 impl Retraction {
-    pub fn sign(key: &SigningKey, record: Cid, reason: &str, time: Option<String>) -> Result<(Cid, Retraction, Vec<u8>)> {
+    pub fn sign(
+        key: &SigningKey,
+        record: Cid,
+        reason: &str,
+        time: Option<String>,
+    ) -> Result<(Cid, Retraction, Vec<u8>)> {
         let mut retraction = Retraction {
             kind: Kind::Retraction.tag().to_string(),
             record,
@@ -209,9 +241,18 @@ impl Retraction {
         let retraction: Retraction = codec::decode(Kind::Retraction, bytes)?;
         retraction.validate()?;
         let publisher = keys::parse_did_key(&retraction.publisher)?;
-        let bad = || RecordError::BadSignature { kind: Kind::Retraction, publisher: retraction.publisher.clone() };
+        let bad = || RecordError::BadSignature {
+            kind: Kind::Retraction,
+            publisher: retraction.publisher.clone(),
+        };
         let signature = retraction.signature.ok_or_else(bad)?;
-        let body = codec::encode(Kind::Retraction, &Retraction { signature: None, ..retraction.clone() })?;
+        let body = codec::encode(
+            Kind::Retraction,
+            &Retraction {
+                signature: None,
+                ..retraction.clone()
+            },
+        )?;
         if !codec::verify(Kind::Retraction, &publisher, &body, &signature) {
             return Err(bad());
         }
@@ -247,9 +288,19 @@ mod tests {
         let key = SigningKey::from_bytes(&[3u8; 32]).verifying_key();
         let id = CollectionId::new(key, "maths-grade-5").map_err(|e| e.to_string());
         let text = id.as_ref().map(|id| id.to_string()).unwrap_or_default();
-        assert!(text.starts_with("z6Mk") && text.ends_with("/maths-grade-5"), "{text}");
+        assert!(
+            text.starts_with("z6Mk") && text.ends_with("/maths-grade-5"),
+            "{text}"
+        );
         assert_eq!(text.parse::<CollectionId>().map_err(|e| e.to_string()), id);
-        for bad in ["", "maths", "z6Mk/maths", "did:key:z6Mk/x", &format!("{text}/x"), &text.replace("maths", "Maths")] {
+        for bad in [
+            "",
+            "maths",
+            "z6Mk/maths",
+            "did:key:z6Mk/x",
+            &format!("{text}/x"),
+            &text.replace("maths", "Maths"),
+        ] {
             assert!(bad.parse::<CollectionId>().is_err(), "{bad}");
         }
     }

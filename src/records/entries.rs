@@ -42,7 +42,11 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(record: Cid) -> Entry {
-        Entry { record, path: None, title: None }
+        Entry {
+            record,
+            path: None,
+            title: None,
+        }
     }
 
     /// Paths are relative, `/`-separated, without `.` or `..` segments, so they can be used to
@@ -50,11 +54,14 @@ impl Entry {
     pub fn validate(&self) -> Result<()> {
         if let Some(path) = &self.path {
             validate::line("entry path", path, MAX_PATH_BYTES)?;
-            let bad_segment = path.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+            let bad_segment = path
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..");
             if bad_segment || path.contains('\\') {
                 return Err(RecordError::InvalidText {
                     field: "entry path",
-                    reason: "must be relative, '/'-separated, without empty, '.' or '..' segments".into(),
+                    reason: "must be relative, '/'-separated, without empty, '.' or '..' segments"
+                        .into(),
                 });
             }
         }
@@ -106,7 +113,11 @@ fn sort_key(cid: &Cid) -> Vec<u8> {
 fn put<S: BlockPut + ?Sized, T: Serialize>(store: &S, kind: Kind, value: &T) -> Result<Cid> {
     let bytes = codec::encode(kind, value)?;
     if bytes.len() > kind.max_size() {
-        return Err(RecordError::TooLarge { kind, size: bytes.len(), limit: kind.max_size() });
+        return Err(RecordError::TooLarge {
+            kind,
+            size: bytes.len(),
+            limit: kind.max_size(),
+        });
     }
     let cid = cid_v1(block_codec::DAG_CBOR, &bytes);
     store.put_block(&cid, &bytes)?;
@@ -122,7 +133,15 @@ fn get_verified<S: BlockGet + ?Sized>(store: &S, cid: &Cid) -> Result<Vec<u8>> {
 
 /// Writes the root of an empty list.
 pub fn write_empty<S: BlockPut + ?Sized>(store: &S) -> Result<Cid> {
-    put(store, Kind::EntryRoot, &EntryRoot { kind: Kind::EntryRoot.tag().into(), count: 0, chunks: Vec::new() })
+    put(
+        store,
+        Kind::EntryRoot,
+        &EntryRoot {
+            kind: Kind::EntryRoot.tag().into(),
+            count: 0,
+            chunks: Vec::new(),
+        },
+    )
 }
 
 /// Reads and checks a root block.
@@ -130,7 +149,10 @@ pub fn read_root<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<EntryRoo
     let decoded: EntryRoot = codec::decode(Kind::EntryRoot, &get_verified(store, root)?)?;
     let inconsistent = |what: &str| RecordError::InvalidEntryList(format!("root {root}: {what}"));
     if decoded.count > MAX_ENTRIES {
-        return Err(RecordError::TooManyEntries { count: decoded.count, limit: MAX_ENTRIES });
+        return Err(RecordError::TooManyEntries {
+            count: decoded.count,
+            limit: MAX_ENTRIES,
+        });
     }
     let mut total: u64 = 0;
     let mut previous_first: Option<Vec<u8>> = None;
@@ -146,7 +168,9 @@ pub fn read_root<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<EntryRoo
         total += chunk.count;
     }
     if total != decoded.count {
-        return Err(inconsistent("entry count does not match the chunks' counts"));
+        return Err(inconsistent(
+            "entry count does not match the chunks' counts",
+        ));
     }
     Ok(decoded)
 }
@@ -154,8 +178,10 @@ pub fn read_root<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<EntryRoo
 /// Reads and checks one chunk against what the root says about it.
 fn read_chunk<S: BlockGet + ?Sized>(store: &S, chunk_ref: &ChunkRef) -> Result<Vec<Entry>> {
     // Chunks are reached only through a root, whose links fix their bytes.
-    let chunk: EntryChunk = codec::decode_linked(Kind::EntryChunk, &get_verified(store, &chunk_ref.chunk)?)?;
-    let inconsistent = |what: &str| RecordError::InvalidEntryList(format!("chunk {}: {what}", chunk_ref.chunk));
+    let chunk: EntryChunk =
+        codec::decode_linked(Kind::EntryChunk, &get_verified(store, &chunk_ref.chunk)?)?;
+    let inconsistent =
+        |what: &str| RecordError::InvalidEntryList(format!("chunk {}: {what}", chunk_ref.chunk));
     if chunk.entries.len() as u64 != chunk_ref.count {
         return Err(inconsistent("entry count differs from the root's"));
     }
@@ -166,9 +192,14 @@ fn read_chunk<S: BlockGet + ?Sized>(store: &S, chunk_ref: &ChunkRef) -> Result<V
     let (mut previous, mut current) = (Vec::new(), Vec::new());
     for (index, entry) in chunk.entries.iter().enumerate() {
         current.clear();
-        entry.record.write_bytes(&mut current).map_err(|e| inconsistent(&format!("cannot encode a record CID: {e}")))?;
+        entry
+            .record
+            .write_bytes(&mut current)
+            .map_err(|e| inconsistent(&format!("cannot encode a record CID: {e}")))?;
         if index > 0 && previous >= current {
-            return Err(inconsistent("entries are not strictly sorted by record CID"));
+            return Err(inconsistent(
+                "entries are not strictly sorted by record CID",
+            ));
         }
         std::mem::swap(&mut previous, &mut current);
         entry.validate()?;
@@ -197,9 +228,15 @@ where
     for chunk_ref in &decoded.chunks {
         let entries = read_chunk(store, chunk_ref)?;
         // Chunks are sorted by first entry; this also rules out overlapping chunks.
-        let first = entries.first().map(|e| sort_key(&e.record)).unwrap_or_default();
+        let first = entries
+            .first()
+            .map(|e| sort_key(&e.record))
+            .unwrap_or_default();
         if previous_last.is_some_and(|last| last >= first) {
-            return Err(RecordError::InvalidEntryList(format!("chunk {} overlaps its predecessor", chunk_ref.chunk)));
+            return Err(RecordError::InvalidEntryList(format!(
+                "chunk {} overlaps its predecessor",
+                chunk_ref.chunk
+            )));
         }
         previous_last = entries.last().map(|e| sort_key(&e.record));
         for entry in entries {
@@ -212,7 +249,9 @@ where
 /// The CIDs of the root and all chunk blocks.
 pub fn block_cids<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<Vec<Cid>> {
     let decoded = read_root(store, root)?;
-    Ok(std::iter::once(*root).chain(decoded.chunks.iter().map(|c| c.chunk)).collect())
+    Ok(std::iter::once(*root)
+        .chain(decoded.chunks.iter().map(|c| c.chunk))
+        .collect())
 }
 
 /// The result of editing a list.
@@ -239,7 +278,11 @@ pub fn edit<S: BlockGet + BlockPut + ?Sized>(
     }
     let old_root = read_root(store, root)?;
     let first_keys: Vec<Vec<u8>> = old_root.chunks.iter().map(|c| sort_key(&c.first)).collect();
-    let chunk_for = |key: &[u8]| first_keys.partition_point(|first| first.as_slice() <= key).saturating_sub(1);
+    let chunk_for = |key: &[u8]| {
+        first_keys
+            .partition_point(|first| first.as_slice() <= key)
+            .saturating_sub(1)
+    };
 
     #[derive(Default)]
     struct ChunkEdits {
@@ -249,7 +292,11 @@ pub fn edit<S: BlockGet + BlockPut + ?Sized>(
     let mut edits: BTreeMap<usize, ChunkEdits> = BTreeMap::new();
     for entry in additions {
         let key = sort_key(&entry.record);
-        edits.entry(chunk_for(&key)).or_default().additions.push((key, entry));
+        edits
+            .entry(chunk_for(&key))
+            .or_default()
+            .additions
+            .push((key, entry));
     }
     for cid in removals {
         let key = sort_key(cid);
@@ -261,10 +308,16 @@ pub fn edit<S: BlockGet + BlockPut + ?Sized>(
     let mut chunks_written = 0;
     let mut next_untouched = 0;
     for (index, chunk_edits) in edits {
-        new_chunks.extend_from_slice(&old_root.chunks[next_untouched.min(old_root.chunks.len())..index.min(old_root.chunks.len())]);
+        new_chunks.extend_from_slice(
+            &old_root.chunks
+                [next_untouched.min(old_root.chunks.len())..index.min(old_root.chunks.len())],
+        );
         next_untouched = index + 1;
         let mut merged: BTreeMap<Vec<u8>, Entry> = match old_root.chunks.get(index) {
-            Some(chunk_ref) => read_chunk(store, chunk_ref)?.into_iter().map(|e| (sort_key(&e.record), e)).collect(),
+            Some(chunk_ref) => read_chunk(store, chunk_ref)?
+                .into_iter()
+                .map(|e| (sort_key(&e.record), e))
+                .collect(),
             None => BTreeMap::new(),
         };
         for (key, entry) in chunk_edits.additions {
@@ -283,14 +336,30 @@ pub fn edit<S: BlockGet + BlockPut + ?Sized>(
 
     let count: u64 = new_chunks.iter().map(|c| c.count).sum();
     if count > MAX_ENTRIES {
-        return Err(RecordError::TooManyEntries { count, limit: MAX_ENTRIES });
+        return Err(RecordError::TooManyEntries {
+            count,
+            limit: MAX_ENTRIES,
+        });
     }
     if new_chunks.len() > MAX_CHUNKS {
         new_chunks = repack(store, &new_chunks)?;
         chunks_written += new_chunks.len();
     }
-    let root = put(store, Kind::EntryRoot, &EntryRoot { kind: Kind::EntryRoot.tag().into(), count, chunks: new_chunks })?;
-    Ok(EditOutcome { root, count, removed, chunks_written })
+    let root = put(
+        store,
+        Kind::EntryRoot,
+        &EntryRoot {
+            kind: Kind::EntryRoot.tag().into(),
+            count,
+            chunks: new_chunks,
+        },
+    )?;
+    Ok(EditOutcome {
+        root,
+        count,
+        removed,
+        chunks_written,
+    })
 }
 
 /// Cuts sorted entries into chunks: none if empty, one if it fits, else evenly sized pieces
@@ -306,18 +375,37 @@ fn split_evenly(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
     let base = entries.len() / pieces;
     let larger = entries.len() % pieces;
     let mut rest = entries.into_iter();
-    (0..pieces).map(|i| rest.by_ref().take(base + usize::from(i < larger)).collect()).collect()
+    (0..pieces)
+        .map(|i| rest.by_ref().take(base + usize::from(i < larger)).collect())
+        .collect()
 }
 
 fn write_chunk<S: BlockPut + ?Sized>(store: &S, entries: Vec<Entry>) -> Result<ChunkRef> {
-    let first = entries.first().map(|e| e.record).ok_or_else(|| RecordError::InvalidEntryList("empty chunk".into()))?;
+    let first = entries
+        .first()
+        .map(|e| e.record)
+        .ok_or_else(|| RecordError::InvalidEntryList("empty chunk".into()))?;
     let count = entries.len() as u64;
-    let chunk = put(store, Kind::EntryChunk, &EntryChunk { kind: Kind::EntryChunk.tag().into(), entries })?;
-    Ok(ChunkRef { first, chunk, count })
+    let chunk = put(
+        store,
+        Kind::EntryChunk,
+        &EntryChunk {
+            kind: Kind::EntryChunk.tag().into(),
+            entries,
+        },
+    )?;
+    Ok(ChunkRef {
+        first,
+        chunk,
+        count,
+    })
 }
 
 /// Rewrites many small chunks (left behind by removals) into full ones.
-fn repack<S: BlockGet + BlockPut + ?Sized>(store: &S, chunks: &[ChunkRef]) -> Result<Vec<ChunkRef>> {
+fn repack<S: BlockGet + BlockPut + ?Sized>(
+    store: &S,
+    chunks: &[ChunkRef],
+) -> Result<Vec<ChunkRef>> {
     let mut entries = Vec::new();
     for chunk_ref in chunks {
         entries.extend(read_chunk(store, chunk_ref)?);
@@ -325,7 +413,10 @@ fn repack<S: BlockGet + BlockPut + ?Sized>(store: &S, chunks: &[ChunkRef]) -> Re
     let mut rest = entries.into_iter().peekable();
     let mut repacked = Vec::new();
     while rest.peek().is_some() {
-        repacked.push(write_chunk(store, rest.by_ref().take(FILL_CHUNK_ENTRIES).collect())?);
+        repacked.push(write_chunk(
+            store,
+            rest.by_ref().take(FILL_CHUNK_ENTRIES).collect(),
+        )?);
     }
     Ok(repacked)
 }
@@ -359,16 +450,26 @@ mod tests {
         let built = edit(&store, &empty, all, &[])?;
         assert_eq!(built.count, 5000);
         let root = read_root(&store, &built.root)?;
-        assert!(root.chunks.iter().all(|c| c.count as usize <= MAX_CHUNK_ENTRIES));
+        assert!(root
+            .chunks
+            .iter()
+            .all(|c| c.count as usize <= MAX_CHUNK_ENTRIES));
 
-        let added = edit(&store, &built.root, vec![Entry::new(record_cid(9999))], &[record_cid(7)])?;
+        let added = edit(
+            &store,
+            &built.root,
+            vec![Entry::new(record_cid(9999))],
+            &[record_cid(7)],
+        )?;
         assert_eq!(added.count, 5000);
         assert_eq!(added.removed, 1);
         assert!(added.chunks_written <= 2, "{}", added.chunks_written);
 
         let entries = read_all(&store, &added.root)?;
         assert_eq!(entries.len(), 5000);
-        assert!(entries.windows(2).all(|w| sort_key(&w[0].record) < sort_key(&w[1].record)));
+        assert!(entries
+            .windows(2)
+            .all(|w| sort_key(&w[0].record) < sort_key(&w[1].record)));
         assert!(entries.iter().any(|e| e.record == record_cid(9999)));
         assert!(!entries.iter().any(|e| e.record == record_cid(7)));
         Ok(())
@@ -385,7 +486,12 @@ mod tests {
         assert_eq!(decoded.count, 600);
         assert!(decoded.chunks.len() >= 3);
         assert_eq!(read_all(&store, &root)?.len(), 600);
-        let emptied = edit(&store, &root, Vec::new(), &(0..600).map(record_cid).collect::<Vec<_>>())?;
+        let emptied = edit(
+            &store,
+            &root,
+            Vec::new(),
+            &(0..600).map(record_cid).collect::<Vec<_>>(),
+        )?;
         assert_eq!(emptied.count, 0);
         assert!(read_root(&store, &emptied.root)?.chunks.is_empty());
         Ok(())
@@ -393,7 +499,10 @@ mod tests {
 
     #[test]
     fn paths_cannot_escape() {
-        let with_path = |p: &str| Entry { path: Some(p.into()), ..Entry::new(record_cid(1)) };
+        let with_path = |p: &str| Entry {
+            path: Some(p.into()),
+            ..Entry::new(record_cid(1))
+        };
         assert!(with_path("maths/fractions.pdf").validate().is_ok());
         for bad in ["/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "./a"] {
             assert!(with_path(bad).validate().is_err(), "{bad}");

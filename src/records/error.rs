@@ -33,13 +33,21 @@ impl std::fmt::Display for Kind {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("{kind} is {size} bytes, above the limit of {limit} bytes")]
-    TooLarge { kind: Kind, size: usize, limit: usize },
+    TooLarge {
+        kind: Kind,
+        size: usize,
+        limit: usize,
+    },
     #[error("{kind} is not valid DAG-CBOR: {reason}")]
     MalformedCbor { kind: Kind, reason: String },
     #[error("{kind} is not a CBOR map")]
     NotAMap { kind: Kind },
     #[error("expected a {expected} (tag {expected_tag:?}) but found tag {found:?}")]
-    WrongKind { expected: Kind, expected_tag: &'static str, found: String },
+    WrongKind {
+        expected: Kind,
+        expected_tag: &'static str,
+        found: String,
+    },
     #[error("{kind} has unknown field {field:?}")]
     UnknownField { kind: Kind, field: String },
     #[error("{kind} lacks required field {field:?}")]
@@ -63,7 +71,11 @@ pub enum RecordError {
     #[error("time {0:?} is not an RFC 3339 UTC time of the form 2024-05-01T12:00:00Z")]
     InvalidTime(String),
     #[error("{field} {url:?} is not an acceptable URL: {reason}")]
-    InvalidUrl { field: &'static str, url: String, reason: String },
+    InvalidUrl {
+        field: &'static str,
+        url: String,
+        reason: String,
+    },
     #[error("{field} {reason}")]
     InvalidText { field: &'static str, reason: String },
     #[error("publisher: {0}")]
@@ -83,7 +95,11 @@ pub enum RecordError {
     #[error("collection head has an inconsistent sequence: {0}")]
     InvalidSequence(&'static str),
     #[error("head seq {got} of {collection} is not above the newest known seq {newest} (replay)")]
-    Replay { collection: String, newest: u64, got: u64 },
+    Replay {
+        collection: String,
+        newest: u64,
+        got: u64,
+    },
     #[error("EQUIVOCATION: {} published two different heads with seq {}: {} and {}; both kept as evidence", .0.collection, .0.seq, .0.known, .0.conflicting)]
     Equivocation(Box<Equivocation>),
     #[error("retraction of {} is signed by {}, but the record was published by {}", .0.record, .0.retractor, .0.publisher)]
@@ -97,7 +113,11 @@ pub enum RecordError {
     #[error("no local collection named {0:?}")]
     NoSuchDraft(String),
     #[error("collection {name:?} is published by {expected}, but the key given is {got}")]
-    KeyMismatch { name: String, expected: String, got: String },
+    KeyMismatch {
+        name: String,
+        expected: String,
+        got: String,
+    },
     #[error("entry list would hold {count} entries, above the limit of {limit}")]
     TooManyEntries { count: u64, limit: u64 },
     #[error("entry list is inconsistent: {0}")]

@@ -18,8 +18,14 @@ pub enum CcElements {
 }
 
 impl CcElements {
-    const WITH_ATTRIBUTION: [CcElements; 6] =
-        [CcElements::By, CcElements::BySa, CcElements::ByNc, CcElements::ByNcSa, CcElements::ByNd, CcElements::ByNcNd];
+    const WITH_ATTRIBUTION: [CcElements; 6] = [
+        CcElements::By,
+        CcElements::BySa,
+        CcElements::ByNc,
+        CcElements::ByNcSa,
+        CcElements::ByNd,
+        CcElements::ByNcNd,
+    ];
 
     /// The elements as they appear in SPDX ids and licence names, e.g. `BY-NC-SA`.
     fn code(self) -> &'static str {
@@ -35,7 +41,10 @@ impl CcElements {
     }
 
     pub fn is_non_commercial(self) -> bool {
-        matches!(self, CcElements::ByNc | CcElements::ByNcSa | CcElements::ByNcNd)
+        matches!(
+            self,
+            CcElements::ByNc | CcElements::ByNcSa | CcElements::ByNcNd
+        )
     }
 
     pub fn is_no_derivatives(self) -> bool {
@@ -77,7 +86,10 @@ pub struct CcLicence {
 impl CcLicence {
     /// Every accepted Creative Commons licence.
     pub fn all() -> Vec<CcLicence> {
-        let mut all = vec![CcLicence { elements: CcElements::Zero, version: CcVersion::V1_0 }];
+        let mut all = vec![CcLicence {
+            elements: CcElements::Zero,
+            version: CcVersion::V1_0,
+        }];
         for version in [CcVersion::V4_0, CcVersion::V3_0, CcVersion::V3_0Igo] {
             for elements in CcElements::WITH_ATTRIBUTION {
                 all.push(CcLicence { elements, version });
@@ -110,14 +122,18 @@ impl CcLicence {
         let path = self.elements.code().to_ascii_lowercase();
         match (self.elements, self.version) {
             (CcElements::Zero, _) => "https://creativecommons.org/publicdomain/zero/1.0/".into(),
-            (_, CcVersion::V3_0Igo) => format!("https://creativecommons.org/licenses/{path}/3.0/igo/"),
+            (_, CcVersion::V3_0Igo) => {
+                format!("https://creativecommons.org/licenses/{path}/3.0/igo/")
+            }
             (_, CcVersion::V3_0) => format!("https://creativecommons.org/licenses/{path}/3.0/"),
             (_, _) => format!("https://creativecommons.org/licenses/{path}/4.0/"),
         }
     }
 
     fn from_spdx_id(id: &str) -> Option<CcLicence> {
-        CcLicence::all().into_iter().find(|licence| licence.spdx_id() == id)
+        CcLicence::all()
+            .into_iter()
+            .find(|licence| licence.spdx_id() == id)
     }
 }
 
@@ -142,13 +158,20 @@ impl Licence {
             };
         }
         let is_license_ref = id.strip_prefix(LICENSE_REF_PREFIX).is_some_and(|rest| {
-            !rest.is_empty() && rest.len() <= 64 && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            !rest.is_empty()
+                && rest.len() <= 64
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
         });
         if !is_license_ref {
             return Err(RecordError::UnknownLicence(id.to_string()));
         }
         match url {
-            Some(url) => Ok(Licence::Custom { id: id.to_string(), url: url.to_string() }),
+            Some(url) => Ok(Licence::Custom {
+                id: id.to_string(),
+                url: url.to_string(),
+            }),
             None => Err(RecordError::LicenceUrlMissing(id.to_string())),
         }
     }
@@ -178,7 +201,10 @@ impl Licence {
     /// `licensed under CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/)`.
     pub fn attribution_phrase(&self) -> String {
         let verb = match self {
-            Licence::Cc(CcLicence { elements: CcElements::Zero, .. }) => "marked with",
+            Licence::Cc(CcLicence {
+                elements: CcElements::Zero,
+                ..
+            }) => "marked with",
             _ => "licensed under",
         };
         format!("{verb} {} ({})", self.name(), self.url())
@@ -205,7 +231,10 @@ pub enum ConflictRule {
     /// BY-NC: the adaptation must keep the NC element.
     NonCommercial,
     /// A BY-SA parent needs a BY-SA adaptation, an NC parent an NC one: no licence does both.
-    ShareAlikeWithNonCommercial { non_commercial_parent: Cid, non_commercial_title: String },
+    ShareAlikeWithNonCommercial {
+        non_commercial_parent: Cid,
+        non_commercial_title: String,
+    },
     /// A custom licence's terms cannot be checked; only the identical licence is carried forward.
     CustomLicence,
 }
@@ -261,7 +290,10 @@ pub struct LicenceWarning {
 
 /// Checks that an adaptation of `parents` may be licensed under `child`. On success, returns
 /// warnings about parents whose terms oermesh could not check.
-pub fn check_adaptation(child: &Licence, parents: &[ParentWork]) -> Result<Vec<LicenceWarning>, Box<LicenceConflict>> {
+pub fn check_adaptation(
+    child: &Licence,
+    parents: &[ParentWork],
+) -> Result<Vec<LicenceWarning>, Box<LicenceConflict>> {
     let conflict = |parent: &ParentWork, rule| {
         Box::new(LicenceConflict {
             parent: parent.cid,
@@ -276,11 +308,18 @@ pub fn check_adaptation(child: &Licence, parents: &[ParentWork]) -> Result<Vec<L
         Licence::Custom { .. } => None,
     };
 
-    if let Some(parent) = parents.iter().find(|p| cc_of(p).is_some_and(|cc| cc.elements.is_no_derivatives())) {
+    if let Some(parent) = parents
+        .iter()
+        .find(|p| cc_of(p).is_some_and(|cc| cc.elements.is_no_derivatives()))
+    {
         return Err(conflict(parent, ConflictRule::NoDerivatives));
     }
-    let share_alike_parent = parents.iter().find(|p| cc_of(p).is_some_and(|cc| cc.elements == CcElements::BySa));
-    let non_commercial_parent = parents.iter().find(|p| cc_of(p).is_some_and(|cc| cc.elements.is_non_commercial()));
+    let share_alike_parent = parents
+        .iter()
+        .find(|p| cc_of(p).is_some_and(|cc| cc.elements == CcElements::BySa));
+    let non_commercial_parent = parents
+        .iter()
+        .find(|p| cc_of(p).is_some_and(|cc| cc.elements.is_non_commercial()));
     if let (Some(sa), Some(nc)) = (share_alike_parent, non_commercial_parent) {
         let rule = ConflictRule::ShareAlikeWithNonCommercial {
             non_commercial_parent: nc.cid,
@@ -318,12 +357,18 @@ pub fn check_adaptation(child: &Licence, parents: &[ParentWork]) -> Result<Vec<L
             CcElements::Zero | CcElements::By => {}
             CcElements::BySa => {
                 if !same_elements_and_not_older(CcElements::BySa) {
-                    return Err(conflict(parent, ConflictRule::ShareAlike { minimum_version }));
+                    return Err(conflict(
+                        parent,
+                        ConflictRule::ShareAlike { minimum_version },
+                    ));
                 }
             }
             CcElements::ByNcSa => {
                 if !same_elements_and_not_older(CcElements::ByNcSa) {
-                    return Err(conflict(parent, ConflictRule::NonCommercialShareAlike { minimum_version }));
+                    return Err(conflict(
+                        parent,
+                        ConflictRule::NonCommercialShareAlike { minimum_version },
+                    ));
                 }
             }
             CcElements::ByNc => {
@@ -331,7 +376,9 @@ pub fn check_adaptation(child: &Licence, parents: &[ParentWork]) -> Result<Vec<L
                     return Err(conflict(parent, ConflictRule::NonCommercial));
                 }
             }
-            CcElements::ByNd | CcElements::ByNcNd => return Err(conflict(parent, ConflictRule::NoDerivatives)),
+            CcElements::ByNd | CcElements::ByNcNd => {
+                return Err(conflict(parent, ConflictRule::NoDerivatives))
+            }
         }
     }
     Ok(warnings)
@@ -343,8 +390,14 @@ mod tests {
     use crate::block::{cid_v1, codec};
 
     fn parent(id: &str) -> ParentWork {
-        let url = id.starts_with("LicenseRef-").then_some("https://example.org/terms");
-        ParentWork { cid: cid_v1(codec::DAG_CBOR, id.as_bytes()), title: format!("work under {id}"), licence: licence(id, url) }
+        let url = id
+            .starts_with("LicenseRef-")
+            .then_some("https://example.org/terms");
+        ParentWork {
+            cid: cid_v1(codec::DAG_CBOR, id.as_bytes()),
+            title: format!("work under {id}"),
+            licence: licence(id, url),
+        }
     }
 
     fn licence(id: &str, url: Option<&str>) -> Licence {
@@ -353,7 +406,9 @@ mod tests {
 
     fn allowed(child: &str, parents: &[&str]) -> bool {
         let parents: Vec<_> = parents.iter().map(|p| parent(p)).collect();
-        let url = child.starts_with("LicenseRef-").then_some("https://example.org/terms");
+        let url = child
+            .starts_with("LicenseRef-")
+            .then_some("https://example.org/terms");
         check_adaptation(&licence(child, url), &parents).is_ok()
     }
 
@@ -362,13 +417,34 @@ mod tests {
         assert_eq!(CcLicence::all().len(), 19);
         let igo = licence("CC-BY-SA-3.0-IGO", None);
         assert_eq!(igo.name(), "CC BY-SA 3.0 IGO");
-        assert_eq!(igo.url(), "https://creativecommons.org/licenses/by-sa/3.0/igo/");
-        assert_eq!(licence("CC-BY-NC-ND-4.0", None).url(), "https://creativecommons.org/licenses/by-nc-nd/4.0/");
-        assert_eq!(licence("CC0-1.0", None).url(), "https://creativecommons.org/publicdomain/zero/1.0/");
-        assert!(matches!(Licence::parse("MIT", None), Err(RecordError::UnknownLicence(_))));
-        assert!(matches!(Licence::parse("CC-BY-2.0", None), Err(RecordError::UnknownLicence(_))));
-        assert!(matches!(Licence::parse("LicenseRef-Mine", None), Err(RecordError::LicenceUrlMissing(_))));
-        assert!(matches!(Licence::parse("CC-BY-4.0", Some("https://x")), Err(RecordError::LicenceUrlNotAllowed(_))));
+        assert_eq!(
+            igo.url(),
+            "https://creativecommons.org/licenses/by-sa/3.0/igo/"
+        );
+        assert_eq!(
+            licence("CC-BY-NC-ND-4.0", None).url(),
+            "https://creativecommons.org/licenses/by-nc-nd/4.0/"
+        );
+        assert_eq!(
+            licence("CC0-1.0", None).url(),
+            "https://creativecommons.org/publicdomain/zero/1.0/"
+        );
+        assert!(matches!(
+            Licence::parse("MIT", None),
+            Err(RecordError::UnknownLicence(_))
+        ));
+        assert!(matches!(
+            Licence::parse("CC-BY-2.0", None),
+            Err(RecordError::UnknownLicence(_))
+        ));
+        assert!(matches!(
+            Licence::parse("LicenseRef-Mine", None),
+            Err(RecordError::LicenceUrlMissing(_))
+        ));
+        assert!(matches!(
+            Licence::parse("CC-BY-4.0", Some("https://x")),
+            Err(RecordError::LicenceUrlNotAllowed(_))
+        ));
     }
 
     #[test]
@@ -389,8 +465,14 @@ mod tests {
         assert!(!allowed("CC-BY-NC-4.0", &["CC-BY-NC-SA-4.0"]));
         assert!(allowed("CC-BY-SA-4.0", &["CC-BY-4.0", "CC-BY-SA-4.0"]));
         assert!(allowed("CC-BY-NC-4.0", &["CC-BY-4.0", "CC-BY-NC-4.0"]));
-        assert!(!allowed("CC-BY-NC-SA-4.0", &["CC-BY-SA-4.0", "CC-BY-NC-4.0"]));
-        assert!(!allowed("CC-BY-SA-4.0", &["CC-BY-SA-4.0", "CC-BY-NC-SA-4.0"]));
+        assert!(!allowed(
+            "CC-BY-NC-SA-4.0",
+            &["CC-BY-SA-4.0", "CC-BY-NC-4.0"]
+        ));
+        assert!(!allowed(
+            "CC-BY-SA-4.0",
+            &["CC-BY-SA-4.0", "CC-BY-NC-SA-4.0"]
+        ));
         assert!(allowed("LicenseRef-Mine", &["CC-BY-4.0"]));
         assert!(!allowed("LicenseRef-Mine", &["CC-BY-NC-4.0"]));
         assert!(!allowed("CC-BY-4.0", &["LicenseRef-Mine"]));
@@ -408,6 +490,9 @@ mod tests {
 
         let mixed = [parent("CC-BY-SA-4.0"), parent("CC-BY-NC-4.0")];
         let refused = check_adaptation(&licence("CC-BY-SA-4.0", None), &mixed).err();
-        assert!(matches!(refused.map(|c| c.rule), Some(ConflictRule::ShareAlikeWithNonCommercial { .. })));
+        assert!(matches!(
+            refused.map(|c| c.rule),
+            Some(ConflictRule::ShareAlikeWithNonCommercial { .. })
+        ));
     }
 }

@@ -13,11 +13,11 @@ pub mod record;
 pub mod trust;
 pub mod validate;
 
-pub use error::{Kind, RecordError, Result};
-pub use licence::{CcLicence, Licence, LicenceConflict, LicenceWarning};
-pub use record::{attribution, Author, BasedOn, Educational, Record, RecordDraft};
+pub use book::RecordBook;
 pub use collection::{CollectionId, Head, HeadDraft, Retraction};
 pub use entries::Entry;
-pub use book::RecordBook;
+pub use error::{Kind, RecordError, Result};
+pub use licence::{CcLicence, Licence, LicenceConflict, LicenceWarning};
 pub use provenance::ProvenanceNode;
+pub use record::{attribution, Author, BasedOn, Educational, Record, RecordDraft};
 pub use trust::TrustedPublishers;

@@ -9,7 +9,7 @@ use cid::Cid;
 
 use super::record::Record;
 use super::trust::TrustedPublishers;
-use crate::block::{self, BlockGet, BlockError};
+use crate::block::{self, BlockError, BlockGet};
 
 /// How far up the tree the walk goes by default.
 pub const DEFAULT_MAX_DEPTH: usize = 32;
@@ -64,7 +64,15 @@ pub fn walk<S: BlockGet + ?Sized, R: Fn(&Cid) -> bool>(
     root: &Cid,
     max_depth: usize,
 ) -> ProvenanceNode {
-    let mut walk = Walk { store, trusted, is_retracted, max_depth, expanded: HashSet::new(), path: Vec::new(), nodes: 0 };
+    let mut walk = Walk {
+        store,
+        trusted,
+        is_retracted,
+        max_depth,
+        expanded: HashSet::new(),
+        path: Vec::new(),
+        nodes: 0,
+    };
     walk.node(root, None, 0)
 }
 
@@ -94,7 +102,11 @@ impl<S: BlockGet + ?Sized, R: Fn(&Cid) -> bool> Walk<'_, S, R> {
             node.status = NodeStatus::Truncated;
             return node;
         }
-        let bytes = match self.store.get_block(cid).and_then(|bytes| block::verify(cid, &bytes).map(|_| bytes)) {
+        let bytes = match self
+            .store
+            .get_block(cid)
+            .and_then(|bytes| block::verify(cid, &bytes).map(|_| bytes))
+        {
             Ok(bytes) => bytes,
             Err(BlockError::NotFound(_)) => {
                 node.status = NodeStatus::Missing("not in the local store".into());
@@ -170,8 +182,17 @@ fn render_node(node: &ProvenanceNode, first_prefix: &str, rest_prefix: &str, out
     let count = node.parents.len();
     for (i, parent) in node.parents.iter().enumerate() {
         let last = i + 1 == count;
-        let branch = if last { "\u{2514}\u{2500}\u{2500} " } else { "\u{251c}\u{2500}\u{2500} " };
+        let branch = if last {
+            "\u{2514}\u{2500}\u{2500} "
+        } else {
+            "\u{251c}\u{2500}\u{2500} "
+        };
         let continuation = if last { "    " } else { "\u{2502}   " };
-        render_node(parent, &format!("{rest_prefix}{branch}"), &format!("{rest_prefix}{continuation}"), out);
+        render_node(
+            parent,
+            &format!("{rest_prefix}{branch}"),
+            &format!("{rest_prefix}{continuation}"),
+            out,
+        );
     }
 }

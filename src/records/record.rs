@@ -80,7 +80,10 @@ impl Educational {
         ];
         for (field, items) in lists {
             if items.len() > MAX_LIST_ITEMS {
-                return Err(RecordError::InvalidText { field, reason: format!("has more than {MAX_LIST_ITEMS} items") });
+                return Err(RecordError::InvalidText {
+                    field,
+                    reason: format!("has more than {MAX_LIST_ITEMS} items"),
+                });
             }
             for item in items {
                 validate::line(field, item, MAX_TERM_BYTES)?;
@@ -178,7 +181,11 @@ impl Record {
         record.signature = Some(codec::sign(Kind::Record, key, &body));
         let bytes = codec::encode(Kind::Record, &record)?;
         if bytes.len() > Kind::Record.max_size() {
-            return Err(RecordError::TooLarge { kind: Kind::Record, size: bytes.len(), limit: Kind::Record.max_size() });
+            return Err(RecordError::TooLarge {
+                kind: Kind::Record,
+                size: bytes.len(),
+                limit: Kind::Record.max_size(),
+            });
         }
         Ok((cid_v1(block_codec::DAG_CBOR, &bytes), record, bytes))
     }
@@ -227,7 +234,10 @@ impl Record {
             validate::url("source URL", source)?;
         }
         if self.based_on.len() > MAX_PARENTS {
-            return Err(RecordError::InvalidText { field: "is-based-on", reason: format!("has more than {MAX_PARENTS} parents") });
+            return Err(RecordError::InvalidText {
+                field: "is-based-on",
+                reason: format!("has more than {MAX_PARENTS} parents"),
+            });
         }
         for parent in &self.based_on {
             validate::text("is-based-on note", &parent.note, MAX_NOTE_BYTES)?;
@@ -238,9 +248,15 @@ impl Record {
     }
 
     fn verify_signature(&self, publisher: &VerifyingKey) -> Result<()> {
-        let bad = || RecordError::BadSignature { kind: Kind::Record, publisher: self.publisher.clone() };
+        let bad = || RecordError::BadSignature {
+            kind: Kind::Record,
+            publisher: self.publisher.clone(),
+        };
         let signature = self.signature.ok_or_else(bad)?;
-        let unsigned = Record { signature: None, ..self.clone() };
+        let unsigned = Record {
+            signature: None,
+            ..self.clone()
+        };
         let body = codec::encode(Kind::Record, &unsigned)?;
         if codec::verify(Kind::Record, publisher, &body, &signature) {
             Ok(())

@@ -8,13 +8,25 @@ use super::error::{RecordError, Result};
 /// newlines and tabs, which could otherwise rewrite a terminal listing.
 pub fn text(field: &'static str, value: &str, max_bytes: usize) -> Result<()> {
     if value.trim().is_empty() {
-        return Err(RecordError::InvalidText { field, reason: "must not be empty".into() });
+        return Err(RecordError::InvalidText {
+            field,
+            reason: "must not be empty".into(),
+        });
     }
     if value.len() > max_bytes {
-        return Err(RecordError::InvalidText { field, reason: format!("is longer than {max_bytes} bytes") });
+        return Err(RecordError::InvalidText {
+            field,
+            reason: format!("is longer than {max_bytes} bytes"),
+        });
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(RecordError::InvalidText { field, reason: "contains control characters".into() });
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(RecordError::InvalidText {
+            field,
+            reason: "contains control characters".into(),
+        });
     }
     Ok(())
 }
@@ -23,7 +35,10 @@ pub fn text(field: &'static str, value: &str, max_bytes: usize) -> Result<()> {
 pub fn line(field: &'static str, value: &str, max_bytes: usize) -> Result<()> {
     text(field, value, max_bytes)?;
     if value.contains(['\n', '\t']) {
-        return Err(RecordError::InvalidText { field, reason: "must be a single line".into() });
+        return Err(RecordError::InvalidText {
+            field,
+            reason: "must be a single line".into(),
+        });
     }
     Ok(())
 }
@@ -32,13 +47,20 @@ pub const MAX_URL_BYTES: usize = 2048;
 const URL_SCHEMES: [&str; 4] = ["https", "http", "ipfs", "ipns"];
 
 pub fn url(field: &'static str, value: &str) -> Result<()> {
-    let invalid = |reason: String| RecordError::InvalidUrl { field, url: value.to_string(), reason };
+    let invalid = |reason: String| RecordError::InvalidUrl {
+        field,
+        url: value.to_string(),
+        reason,
+    };
     if value.len() > MAX_URL_BYTES {
         return Err(invalid(format!("longer than {MAX_URL_BYTES} bytes")));
     }
     let parsed = url::Url::parse(value).map_err(|e| invalid(e.to_string()))?;
     if !URL_SCHEMES.contains(&parsed.scheme()) {
-        return Err(invalid(format!("scheme must be one of {}", URL_SCHEMES.join(", "))));
+        return Err(invalid(format!(
+            "scheme must be one of {}",
+            URL_SCHEMES.join(", ")
+        )));
     }
     Ok(())
 }
@@ -46,12 +68,16 @@ pub fn url(field: &'static str, value: &str) -> Result<()> {
 pub fn language(tag: &str) -> Result<()> {
     oxilangtag::LanguageTag::parse(tag)
         .map(|_| ())
-        .map_err(|e| RecordError::InvalidLanguage { tag: tag.to_string(), reason: e.to_string() })
+        .map_err(|e| RecordError::InvalidLanguage {
+            tag: tag.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// RFC 3339 in UTC with whole seconds, the one spelling `now_utc` produces.
 pub fn time(value: &str) -> Result<()> {
-    let parsed = humantime::parse_rfc3339(value).map_err(|_| RecordError::InvalidTime(value.to_string()))?;
+    let parsed =
+        humantime::parse_rfc3339(value).map_err(|_| RecordError::InvalidTime(value.to_string()))?;
     if humantime::format_rfc3339_seconds(parsed).to_string() != value {
         return Err(RecordError::InvalidTime(value.to_string()));
     }
@@ -74,13 +100,16 @@ pub fn duration(value: &str) -> Result<()> {
 }
 
 fn is_iso8601_duration(value: &str) -> bool {
-    let Some(rest) = value.strip_prefix('P') else { return false };
+    let Some(rest) = value.strip_prefix('P') else {
+        return false;
+    };
     let (date_part, time_part) = match rest.split_once('T') {
         Some((date, time)) => (date, Some(time)),
         None => (rest, None),
     };
     let date_ok = components_in_order(date_part, &['Y', 'M', 'W', 'D'], false);
-    let time_ok = time_part.is_none_or(|t| !t.is_empty() && components_in_order(t, &['H', 'M', 'S'], true).is_some());
+    let time_ok = time_part
+        .is_none_or(|t| !t.is_empty() && components_in_order(t, &['H', 'M', 'S'], true).is_some());
     let any_component = !date_part.is_empty() || time_part.is_some();
     date_ok.is_some() && time_ok && any_component
 }
@@ -101,7 +130,10 @@ fn components_in_order(text: &str, order: &[char], last_may_be_fractional: bool)
         let valid_number = match digits.split_once('.') {
             None => !digits.is_empty(),
             Some((whole, fraction)) => {
-                fractional_ok && !whole.is_empty() && !fraction.is_empty() && !fraction.contains('.')
+                fractional_ok
+                    && !whole.is_empty()
+                    && !fraction.is_empty()
+                    && !fraction.contains('.')
             }
         };
         if !valid_number {
@@ -138,10 +170,21 @@ mod tests {
 
     #[test]
     fn durations() {
-        for good in ["PT45M", "P1D", "P1DT2H", "PT1H30M", "PT0.5S", "P2W", "P1Y2M3DT4H5M6S"] {
+        for good in [
+            "PT45M",
+            "P1D",
+            "P1DT2H",
+            "PT1H30M",
+            "PT0.5S",
+            "P2W",
+            "P1Y2M3DT4H5M6S",
+        ] {
             assert!(duration(good).is_ok(), "{good}");
         }
-        for bad in ["", "P", "PT", "45M", "PT1.5H", "P1H", "PT5M1H", "P1DT", "PT1..5S", "PT.5S", "P-1D", "PT1M2"] {
+        for bad in [
+            "", "P", "PT", "45M", "PT1.5H", "P1H", "PT5M1H", "P1DT", "PT1..5S", "PT.5S", "P-1D",
+            "PT1M2",
+        ] {
             assert!(duration(bad).is_err(), "{bad}");
         }
     }
@@ -150,7 +193,12 @@ mod tests {
     fn times_must_be_utc_whole_seconds() {
         assert!(time("2024-05-01T12:00:00Z").is_ok());
         assert!(time(&now_utc()).is_ok());
-        for bad in ["2024-05-01T12:00:00+02:00", "2024-05-01 12:00:00Z", "2024-05-01T12:00:00.5Z", "yesterday"] {
+        for bad in [
+            "2024-05-01T12:00:00+02:00",
+            "2024-05-01 12:00:00Z",
+            "2024-05-01T12:00:00.5Z",
+            "yesterday",
+        ] {
             assert!(time(bad).is_err(), "{bad}");
         }
     }
