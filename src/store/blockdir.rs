@@ -109,16 +109,6 @@ impl BlockDir {
         sync_file_system(&dir)
     }
 
-    /// Starts the same sync on a thread of its own, so the disk writes what a large add
-    /// has written so far while the importer goes on hashing. The commit still syncs
-    /// last; this only leaves it less to wait for.
-    pub(crate) fn sync_in_background(&self) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
-        let dir = File::open(&self.blocks)?;
-        std::thread::Builder::new()
-            .name("oermesh-sync".into())
-            .spawn(move || sync_file_system(&dir))
-    }
-
     /// Every block file present, as (multihash, bytes on disk).
     pub(crate) fn scan(&self) -> io::Result<Vec<(Multihash<64>, PathBuf)>> {
         let mut found = Vec::new();

@@ -34,9 +34,6 @@ pub const INLINE_LIMIT: usize = 4095;
 /// the IPFS ecosystem treats 2 MiB as the upper bound for a block).
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;
 
-/// Block file bytes a write batch lets accumulate before it starts a background sync.
-const BACKGROUND_SYNC_BYTES: u64 = 128 * 1024 * 1024;
-
 /// Inline bytes a write batch holds in memory before handing them to sled early.
 const PENDING_INLINE_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -203,8 +200,6 @@ impl Store {
             pending: Mutex::new(Vec::new()),
             pending_inline_bytes: AtomicU64::new(0),
             wrote_files: AtomicBool::new(false),
-            unsynced_file_bytes: AtomicU64::new(0),
-            background_sync: Mutex::new(None),
         }
     }
 
@@ -564,8 +559,6 @@ pub struct WriteBatch<'a> {
     pending: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
     pending_inline_bytes: AtomicU64,
     wrote_files: AtomicBool,
-    unsynced_file_bytes: AtomicU64,
-    background_sync: Mutex<Option<std::thread::JoinHandle<io::Result<()>>>>,
 }
 
 impl WriteBatch<'_> {
@@ -573,15 +566,6 @@ impl WriteBatch<'_> {
     /// file is synced before any index entry names it.
     pub fn commit(self) -> Result<(), StoreError> {
         let inner = &self.store.inner;
-        let in_flight = self
-            .background_sync
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = in_flight {
-            // Its outcome does not matter: the sync below covers everything it did.
-            let _ = handle.join();
-        }
         if self.wrote_files.load(Ordering::Acquire) {
             inner.dir.sync().map_err(|source| StoreError::Io {
                 action: "sync block directory",
@@ -608,20 +592,6 @@ impl WriteBatch<'_> {
             store.pin(root, reason)?;
         }
         Ok(())
-    }
-
-    /// Starts a background sync unless one is still running.
-    fn start_background_sync(&self) {
-        let mut slot = self
-            .background_sync
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|handle| !handle.is_finished()) {
-            return;
-        }
-        self.unsynced_file_bytes.store(0, Ordering::Release);
-        // A sync that cannot start is not an error: the commit syncs anyway.
-        *slot = self.store.inner.dir.sync_in_background().ok();
     }
 
     fn spill_inline(&self) -> Result<(), BlockError> {
@@ -690,13 +660,6 @@ impl WriteBatch<'_> {
                 ))
             })?;
             self.wrote_files.store(true, Ordering::Release);
-            let unsynced = self
-                .unsynced_file_bytes
-                .fetch_add(data.len() as u64, Ordering::AcqRel)
-                + data.len() as u64;
-            if unsynced >= BACKGROUND_SYNC_BYTES {
-                self.start_background_sync();
-            }
             value.push(TAG_FILE);
             value.extend_from_slice(&(data.len() as u64).to_le_bytes());
             self.pending
