@@ -964,17 +964,46 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
 
     /// The newest version of a collection with its entries, joined with the record index.
     /// Entries whose record is retracted are left out (and counted).
-    pub fn collection_show(&self, id: &CollectionId) -> Result<CollectionView> {
+    pub fn collection_show(&self, id: &CollectionId) -> Result<CollectionView>
+    where
+        B: Sync,
+    {
         let (seq, head_cid) = self
             .newest_head(id)?
             .ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
         let head = self.load_head(&head_cid)?;
+        let mut first_half = entries::read_all(&self.blocks, &head.entries)?;
+        // Entries come sorted by record CID, like the summaries index: each half is
+        // joined with the index by its own ordered scan, on its own core.
+        let second_half = first_half.split_off(first_half.len() / 2);
+        let (first, second) = rayon::join(
+            || self.join_summaries(first_half),
+            || self.join_summaries(second_half),
+        );
+        let (mut views, first_hidden) = first?;
+        let (second_views, second_hidden) = second?;
+        views.extend(second_views);
+        Ok(CollectionView {
+            id: id.clone(),
+            head: head_cid,
+            seq,
+            time: head.time,
+            trusted: self.trusted.is_trusted(&head.publisher),
+            entries: views,
+            retracted_hidden: first_hidden + second_hidden,
+        })
+    }
+
+    /// Joins entries (in record-CID order) with their summaries, leaving out retracted
+    /// records; returns the views and how many were left out.
+    fn join_summaries(&self, entries: Vec<Entry>) -> Result<(Vec<EntryView>, usize)> {
         let mut retracted_hidden = 0;
         let mut summaries = SummaryScan::new(&self.summaries);
         // Entries of one collection mostly share a publisher: ask the trust set once per run.
         let mut last_trust: Option<(String, bool)> = None;
         let mut key = Vec::new();
-        let views = entries::read_all_with(&self.blocks, &head.entries, |entry| {
+        let mut views = Vec::with_capacity(entries.len());
+        for entry in entries {
             key.clear();
             entry
                 .record
@@ -983,7 +1012,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             let summary = summaries.get(&key)?;
             if summary.as_ref().is_some_and(|s| s.retracted) {
                 retracted_hidden += 1;
-                return Ok(None);
+                continue;
             }
             let trusted = match &summary {
                 None => false,
@@ -996,21 +1025,13 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                     }
                 },
             };
-            Ok(Some(EntryView {
+            views.push(EntryView {
                 entry,
                 summary,
                 trusted,
-            }))
-        })?;
-        Ok(CollectionView {
-            id: id.clone(),
-            head: head_cid,
-            seq,
-            time: head.time,
-            trusted: self.trusted.is_trusted(&head.publisher),
-            entries: views,
-            retracted_hidden,
-        })
+            });
+        }
+        Ok((views, retracted_hidden))
     }
 
     /// Every collection known here: accepted heads and this node's own collections.
