@@ -85,7 +85,9 @@ pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
     let repo = Repo::open(repo_path)?;
     let profile = profile_for(&args, &repo.config().add.profile)?;
     let batch = repo.store().batch();
+    let started = std::time::Instant::now();
     let (root, entries) = import_with_progress(&args, &profile, &batch)?;
+    tracing::debug!(bytes = root.size, elapsed = ?started.elapsed(), "imported");
     let pinned_before = !repo.store().pin_reasons(&root.cid)?.is_empty();
     batch.commit_and_pin(&[root.cid], "user")?;
     if args.record.wants_record() {

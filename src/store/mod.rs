@@ -566,6 +566,7 @@ impl WriteBatch<'_> {
     /// file is synced before any index entry names it.
     pub fn commit(self) -> Result<(), StoreError> {
         let inner = &self.store.inner;
+        let started = std::time::Instant::now();
         if self.wrote_files.load(Ordering::Acquire) {
             inner.dir.sync().map_err(|source| StoreError::Io {
                 action: "sync block directory",
@@ -573,13 +574,16 @@ impl WriteBatch<'_> {
                 source,
             })?;
         }
+        let synced = started.elapsed();
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let entries = pending.len();
         let mut batch = sled::Batch::default();
         for (key, value) in pending {
             batch.insert(key, value);
         }
         inner.index.apply_batch(batch)?;
         inner.db.flush()?;
+        tracing::debug!(entries, ?synced, total = ?started.elapsed(), "write batch committed");
         Ok(())
     }
 
