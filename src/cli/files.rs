@@ -189,7 +189,14 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 pub fn get(repo: &Repo, path: &str, output: Option<PathBuf>) -> Result<ExitCode> {
     let (root, sub) = output::split_cid_path(path)?;
     let cid = reader::resolve(repo.store(), &root, &sub)?;
-    let dest = output.unwrap_or_else(|| PathBuf::from(path.replace('/', "_")));
+    // Like `ipfs get`: named after the last path segment, or the CID itself.
+    let dest = output.unwrap_or_else(|| {
+        PathBuf::from(
+            sub.rsplit('/')
+                .find(|segment| !segment.is_empty())
+                .map_or_else(|| root.to_string(), str::to_string),
+        )
+    });
     reader::get_tree(repo.store(), &cid, &dest)?;
     println!("saved {cid} to {}", dest.display());
     Ok(ExitCode::SUCCESS)

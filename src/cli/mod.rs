@@ -38,7 +38,7 @@ enum Command {
     Get {
         /// CID, optionally followed by /sub/path
         path: String,
-        /// Where to write it [default: the CID]
+        /// Where to write it [default: the last path segment, or the CID]
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
     },
