@@ -143,6 +143,15 @@ impl Repo {
     /// config and this node's own publisher keys: what a school signs itself needs no
     /// separate vouching.
     pub fn records(&self) -> Result<RecordBook<Store>, RepoError> {
+        Ok(RecordBook::open(
+            self.store.db(),
+            self.store.clone(),
+            self.trusted_publishers()?,
+        )?)
+    }
+
+    /// The publishers in the config and this node's own publisher keys.
+    pub fn trusted_publishers(&self) -> Result<TrustedPublishers, RepoError> {
         let mut dids = self.config.trust.publishers.clone();
         if self.keys_dir().is_dir() {
             dids.extend(
@@ -151,12 +160,7 @@ impl Repo {
                     .map(|key| key.did),
             );
         }
-        let trusted = TrustedPublishers::new(dids.iter())?;
-        Ok(RecordBook::open(
-            self.store.db(),
-            self.store.clone(),
-            trusted,
-        )?)
+        Ok(TrustedPublishers::new(dids.iter())?)
     }
 
     /// Garbage collection over pins and everything the record layer holds on to.

@@ -4,6 +4,7 @@
 //! same information as JSON. Every response carries security headers, and every
 //! string written into HTML is escaped.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -24,6 +25,8 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
 use super::net::{Client, PeerInfo};
+use crate::records::book::{CollectionListing, RecordListing};
+use crate::records::{RecordBook, TrustedPublishers};
 use crate::store::{Store, StoreStat};
 
 /// Pins listed on the page and in the JSON; the rest are counted, so a large
@@ -73,15 +76,22 @@ static PAGE_CSP: LazyLock<String> = LazyLock::new(|| {
 pub(super) struct PageState {
     pub peer_id: PeerId,
     pub store: Store,
+    pub trusted: TrustedPublishers,
     pub client: Client,
     snapshot: Mutex<Option<(Instant, Arc<StoreSnapshot>)>>,
 }
 
 impl PageState {
-    pub fn new(peer_id: PeerId, store: Store, client: Client) -> PageState {
+    pub fn new(
+        peer_id: PeerId,
+        store: Store,
+        trusted: TrustedPublishers,
+        client: Client,
+    ) -> PageState {
         PageState {
             peer_id,
             store,
+            trusted,
             client,
             snapshot: Mutex::new(None),
         }
@@ -97,15 +107,33 @@ impl PageState {
             }
         }
         let store = self.store.clone();
+        let trusted = self.trusted.clone();
         let snapshot = tokio::task::spawn_blocking(move || -> Result<StoreSnapshot, String> {
             let stat = store.stat().map_err(|err| err.to_string())?;
             let mut pins = store.pins().map_err(|err| err.to_string())?;
             let pins_total = pins.len();
             pins.truncate(PINS_SHOWN);
+            let book = RecordBook::open(store.db(), store.clone(), trusted)
+                .map_err(|err| err.to_string())?;
+            // The first record that describes each pinned item, for its title and licence.
+            let mut described = HashMap::new();
+            for (cid, _) in &pins {
+                if let Some(listing) = book
+                    .records_for_content(cid)
+                    .map_err(|err| err.to_string())?
+                    .into_iter()
+                    .next()
+                {
+                    described.insert(*cid, listing);
+                }
+            }
+            let collections = book.collection_list().map_err(|err| err.to_string())?;
             Ok(StoreSnapshot {
                 stat,
                 pins,
                 pins_total,
+                described,
+                collections,
             })
         })
         .await
@@ -133,6 +161,9 @@ struct StoreSnapshot {
     stat: StoreStat,
     pins: Vec<(Cid, Vec<String>)>,
     pins_total: usize,
+    /// Records of pinned items, where one is known.
+    described: HashMap<Cid, RecordListing>,
+    collections: Vec<CollectionListing>,
 }
 
 pub(super) fn router(state: Arc<PageState>) -> Router {
@@ -343,11 +374,23 @@ fn render_page(
     if snapshot.pins.is_empty() {
         html.push_str("<p>Nothing is pinned yet. Add files with <code>oermesh add</code>.</p>\n");
     } else {
-        html.push_str("<table>\n<thead><tr><th scope=\"col\">Content ID (CID)</th><th scope=\"col\">Pinned because</th></tr></thead>\n<tbody>\n");
+        html.push_str("<table>\n<thead><tr><th scope=\"col\">Title</th><th scope=\"col\">Licence</th><th scope=\"col\">Publisher</th><th scope=\"col\">Content ID (CID)</th><th scope=\"col\">Pinned because</th></tr></thead>\n<tbody>\n");
         for (cid, reasons) in &snapshot.pins {
+            let (title, licence, publisher) = match snapshot.described.get(cid) {
+                Some(listing) => (
+                    escape_html(&listing.summary.title),
+                    escape_html(&listing.summary.licence),
+                    trust_label(listing.trusted),
+                ),
+                None => (
+                    "<span class=\"note\">no record</span>".to_string(),
+                    String::new(),
+                    String::new(),
+                ),
+            };
             let _ = writeln!(
                 html,
-                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                "<tr><td>{title}</td><td>{licence}</td><td>{publisher}</td><td><code>{}</code></td><td>{}</td></tr>",
                 escape_html(&cid.to_string()),
                 escape_html(&reasons.join(", "))
             );
@@ -361,6 +404,30 @@ fn render_page(
                 snapshot.pins_total
             );
         }
+    }
+    html.push_str("</section>\n");
+
+    let _ = write!(
+        html,
+        "<section aria-labelledby=\"collections-h\">\n<h2 id=\"collections-h\">Collections</h2>\n"
+    );
+    if snapshot.collections.is_empty() {
+        html.push_str("<p>No collections yet. Publish one with <code>oermesh collection publish</code>, or import one with <code>oermesh import</code>.</p>\n");
+    } else {
+        html.push_str("<table>\n<thead><tr><th scope=\"col\">Collection ID</th><th scope=\"col\">Version</th><th scope=\"col\">Publisher</th></tr></thead>\n<tbody>\n");
+        for listing in &snapshot.collections {
+            let version = listing.newest.map_or_else(
+                || "not published yet".to_string(),
+                |(seq, _)| seq.to_string(),
+            );
+            let _ = writeln!(
+                html,
+                "<tr><td><code>{}</code></td><td>{version}</td><td>{}</td></tr>",
+                escape_html(&listing.id.to_string()),
+                trust_label(listing.trusted)
+            );
+        }
+        html.push_str("</tbody>\n</table>\n");
     }
     html.push_str("</section>\n");
 
@@ -397,6 +464,15 @@ fn render_page(
     html
 }
 
+/// Trust in words, not colour alone, so it reaches screen readers and every display.
+fn trust_label(trusted: bool) -> String {
+    if trusted {
+        "trusted".to_string()
+    } else {
+        "<strong>not trusted</strong>".to_string()
+    }
+}
+
 /// Makes text safe inside HTML elements and quoted attribute values.
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -422,6 +498,8 @@ mod tests {
             stat: StoreStat::default(),
             pins,
             pins_total,
+            described: HashMap::new(),
+            collections: Vec::new(),
         }
     }
 

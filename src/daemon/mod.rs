@@ -45,6 +45,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
+    #[error(transparent)]
+    Repo(#[from] Box<crate::repo::RepoError>),
 }
 
 /// Settings given on the command line; each one that is set replaces the value
@@ -137,6 +139,7 @@ impl Daemon {
         let page_state = Arc::new(http::PageState::new(
             peer_id,
             repo.store().clone(),
+            repo.trusted_publishers().map_err(Box::new)?,
             client.clone(),
         ));
         let http_task = tokio::spawn(http::serve(

@@ -169,7 +169,10 @@ fn add_cat_ls_get_round_trip_with_reference_cids() {
     );
     assert!(node.work.join("copy/empty").is_dir());
     node.ok(&["get", &format!("{root}/Ελληνικά")]);
-    assert_eq!(std::fs::read_to_string(node.work.join("Ελληνικά/σημειώσεις.md")).unwrap(), "Καλημέρα");
+    assert_eq!(
+        std::fs::read_to_string(node.work.join("Ελληνικά/σημειώσεις.md")).unwrap(),
+        "Καλημέρα"
+    );
     assert!(node
         .fails(&["cat", &format!("{root}/nope.txt")])
         .contains("nope.txt"));

@@ -217,6 +217,67 @@ async fn pins_show_on_the_page_and_in_the_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_collections_show_on_the_page_with_their_trust() {
+    use oermesh::records::{Author, Educational, Entry, RecordDraft};
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = Repo::open_or_init(dir.path()).unwrap();
+    let own = oermesh::keys::generate(&repo.keys_dir(), "school").unwrap();
+    let stranger = oermesh::keys::generate_signing_key().unwrap();
+    let book = repo.records().unwrap();
+    let mut record_cids = Vec::new();
+    for (title, key) in [
+        (
+            "Fractions <explained>",
+            oermesh::keys::load(&repo.keys_dir(), "school").unwrap(),
+        ),
+        ("Usanisinuru", stranger),
+    ] {
+        let data = title.as_bytes();
+        let content = oermesh::block::cid_v1(oermesh::block::codec::RAW, data);
+        let batch = repo.store().batch();
+        oermesh::block::BlockPut::put_block(&batch, &content, data).unwrap();
+        batch.commit_and_pin(&[content], "user").unwrap();
+        let draft = RecordDraft {
+            content,
+            title: title.to_string(),
+            description: None,
+            language: "en".into(),
+            authors: vec![Author {
+                name: "A. Teacher".into(),
+                url: None,
+            }],
+            licence: "CC-BY-SA-3.0-IGO".into(),
+            licence_url: None,
+            source: None,
+            based_on: vec![],
+            educational: Educational::default(),
+            created: None,
+        };
+        record_cids.push(book.sign_record(&key, draft).unwrap().cid);
+    }
+    let signing = oermesh::keys::load(&repo.keys_dir(), "school").unwrap();
+    book.create_collection("maths", "school", &signing.verifying_key())
+        .unwrap();
+    book.add_entries("maths", vec![Entry::new(record_cids[0])])
+        .unwrap();
+    let published = book.publish("maths", &signing).unwrap();
+    drop(book);
+    let daemon = Daemon::start(repo, loopback_options("/ip4/127.0.0.1/tcp/0"))
+        .await
+        .unwrap();
+
+    let (_, _, page) = http_get(&daemon, "/").await;
+    assert!(
+        page.contains("Fractions &lt;explained&gt;"),
+        "titles are shown, escaped"
+    );
+    assert!(page.contains("CC-BY-SA-3.0-IGO"));
+    assert!(page.contains("Usanisinuru") && page.contains("<strong>not trusted</strong>"));
+    assert!(page.contains(&published.id.to_string()), "{}", own.did);
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_peer_is_connected_and_redialled_after_it_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let (root_a, root_b) = (dir.path().join("a"), dir.path().join("b"));
