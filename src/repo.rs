@@ -165,7 +165,9 @@ impl Repo {
 
     /// Garbage collection over pins and everything the record layer holds on to.
     pub fn gc(&self) -> Result<GcReport, RepoError> {
-        let roots = self.records()?.gc_roots()?;
+        let book = self.records()?;
+        book.clear_listing_cache()?;
+        let roots = book.gc_roots()?;
         Ok(self.store.gc(&roots.keep, &roots.retracted)?)
     }
 

@@ -179,6 +179,7 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
     }
     for (id, (_, bytes, _)) in newest_heads.into_values() {
         let accepted = book.accept_head(&bytes)?;
+        book.warm_listing(&id);
         report
             .collections
             .push((id, accepted.seq, accepted.trusted));

@@ -503,6 +503,7 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
             let info = book.draft_info(&name)?;
             let key = keys::load(&repo.keys_dir(), &info.state.key_name)?;
             let published = book.publish(&name, &key)?;
+            book.warm_listing(&published.id);
             repo.store().flush()?;
             writeln!(out, "{}", published.id)?;
             eprintln!(

@@ -20,6 +20,11 @@ use crate::block::{cid_v1, codec as block_codec, BlockError, BlockGet, BlockPut}
 use crate::keys;
 
 const TREE_SUMMARIES: &str = "records/summaries";
+const TREE_LISTING_CACHE: &str = "records/listing-cache";
+const TREE_META: &str = "records/meta";
+/// Bumped after every change to the summaries index; listing caches of an older
+/// generation are stale.
+const SUMMARY_GENERATION: &[u8] = b"summary-generation";
 const TREE_BY_CONTENT: &str = "records/by-content";
 const TREE_RETRACTIONS: &str = "records/retractions";
 const TREE_HEADS: &str = "records/heads";
@@ -219,6 +224,8 @@ pub struct RecordBook<B> {
     head_log: sled::Tree,
     equivocations: sled::Tree,
     drafts: sled::Tree,
+    listing_cache: sled::Tree,
+    meta: sled::Tree,
 }
 
 fn damaged(what: impl std::fmt::Display) -> RecordError {
@@ -348,11 +355,18 @@ impl<'a> SummaryScan<'a> {
 
     /// The summary stored under `key`; keys must be asked for in ascending order.
     fn get(&mut self, key: &[u8]) -> Result<Option<RecordSummary>> {
+        self.get_raw(key)?
+            .map(|value| decode_summary(&value))
+            .transpose()
+    }
+
+    /// The index bytes stored under `key`; keys must be asked for in ascending order.
+    fn get_raw(&mut self, key: &[u8]) -> Result<Option<sled::IVec>> {
         let mut skipped = 0;
         loop {
             match (&self.current, &mut self.scan) {
                 (Some((found, value)), _) if found.as_ref() == key => {
-                    return decode_summary(value).map(Some)
+                    return Ok(Some(value.clone()))
                 }
                 (Some((found, _)), _) if found.as_ref() > key => return Ok(None),
                 // The scan ran off the end of the index: no later key is there either.
@@ -396,6 +410,8 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             head_log: db.open_tree(TREE_HEAD_LOG)?,
             equivocations: db.open_tree(TREE_EQUIVOCATIONS)?,
             drafts: db.open_tree(TREE_DRAFTS)?,
+            listing_cache: db.open_tree(TREE_LISTING_CACHE)?,
+            meta: db.open_tree(TREE_META)?,
             db: db.clone(),
             blocks,
             trusted,
@@ -474,7 +490,28 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         self.summaries.insert(key, encode_summary(&summary))?;
         self.by_content
             .insert(content_key(&record.content, cid), &[])?;
+        self.bump_summary_generation()
+    }
+
+    /// Marks every listing cache stale. Called after the summaries changed, never
+    /// before: a listing reads the generation first, so a cache built from summaries
+    /// older than a change always carries a generation older than the change's bump.
+    fn bump_summary_generation(&self) -> Result<()> {
+        self.meta.update_and_fetch(SUMMARY_GENERATION, |old| {
+            let current = old
+                .and_then(|bytes| bytes.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            Some(current.wrapping_add(1).to_le_bytes().to_vec())
+        })?;
         Ok(())
+    }
+
+    fn summary_generation(&self) -> Result<u64> {
+        Ok(self
+            .meta
+            .get(SUMMARY_GENERATION)?
+            .and_then(|bytes| bytes.as_ref().try_into().ok())
+            .map_or(0, u64::from_le_bytes))
     }
 
     fn load_record(&self, cid: &Cid) -> Result<Record> {
@@ -602,6 +639,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 Ok::<_, ConflictableTransactionError<RecordError>>(())
             })
             .map_err(transaction_error)?;
+        self.bump_summary_generation()?;
         Ok(cid)
     }
 
@@ -972,17 +1010,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             .newest_head(id)?
             .ok_or_else(|| RecordError::UnknownCollection(id.to_string()))?;
         let head = self.load_head(&head_cid)?;
-        let mut first_half = entries::read_all(&self.blocks, &head.entries)?;
-        // Entries come sorted by record CID, like the summaries index: each half is
-        // joined with the index by its own ordered scan, on its own core.
-        let second_half = first_half.split_off(first_half.len() / 2);
-        let (first, second) = rayon::join(
-            || self.join_summaries(first_half),
-            || self.join_summaries(second_half),
-        );
-        let (mut views, first_hidden) = first?;
-        let (second_views, second_hidden) = second?;
-        views.extend(second_views);
+        let (views, retracted_hidden) = self.list_entries(&head.entries)?;
         Ok(CollectionView {
             id: id.clone(),
             head: head_cid,
@@ -990,48 +1018,167 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             time: head.time,
             trusted: self.trusted.is_trusted(&head.publisher),
             entries: views,
-            retracted_hidden: first_hidden + second_hidden,
+            retracted_hidden,
         })
     }
 
-    /// Joins entries (in record-CID order) with their summaries, leaving out retracted
-    /// records; returns the views and how many were left out.
-    fn join_summaries(&self, entries: Vec<Entry>) -> Result<(Vec<EntryView>, usize)> {
+    /// The entries of an entry list joined with the record index, retracted ones left
+    /// out (and counted). Each half of the chunks is joined on its own core.
+    fn list_entries(&self, entries_root: &Cid) -> Result<(Vec<EntryView>, usize)>
+    where
+        B: Sync,
+    {
+        let generation = self.summary_generation()?;
+        let mut first_half = entries::read_chunks(&self.blocks, entries_root)?;
+        let second_half = first_half.split_off(first_half.len() / 2);
+        let (first, second) = rayon::join(
+            || self.join_summaries(first_half, generation),
+            || self.join_summaries(second_half, generation),
+        );
+        let (mut views, first_hidden) = first?;
+        let (second_views, second_hidden) = second?;
+        views.extend(second_views);
+        Ok((views, first_hidden + second_hidden))
+    }
+
+    /// Fills the listing cache for the newest version of a collection, so that the first
+    /// `collection_show` after a publish or an import is as fast as later ones. Best
+    /// effort: a cache that cannot be filled is filled by the next listing.
+    pub fn warm_listing(&self, id: &CollectionId)
+    where
+        B: Sync,
+    {
+        let warmed = self.newest_head(id).and_then(|newest| match newest {
+            Some((_, head_cid)) => {
+                let head = self.load_head(&head_cid)?;
+                self.list_entries(&head.entries).map(drop)
+            }
+            None => Ok(()),
+        });
+        if let Err(err) = warmed {
+            tracing::debug!(collection = %id, %err, "listing cache not filled");
+        }
+    }
+
+    /// Drops every cached listing (they are rebuilt on demand): `gc` calls this so that
+    /// caches of versions nobody lists any more do not pile up.
+    pub fn clear_listing_cache(&self) -> Result<()> {
+        self.listing_cache.clear()?;
+        Ok(())
+    }
+
+    /// Joins chunks of entries (in record-CID order) with their summaries, leaving out
+    /// retracted records; returns the views and how many were left out. A chunk's
+    /// summaries are read from the listing cache when it is of `generation`, else from
+    /// the index by one ordered scan, and then cached.
+    fn join_summaries(
+        &self,
+        chunks: Vec<(Cid, Vec<Entry>)>,
+        generation: u64,
+    ) -> Result<(Vec<EntryView>, usize)> {
         let mut retracted_hidden = 0;
-        let mut summaries = SummaryScan::new(&self.summaries);
+        let mut scan = SummaryScan::new(&self.summaries);
         // Entries of one collection mostly share a publisher: ask the trust set once per run.
         let mut last_trust: Option<(String, bool)> = None;
+        let mut views = Vec::with_capacity(chunks.iter().map(|(_, entries)| entries.len()).sum());
+        for (chunk, entries) in chunks {
+            let summaries = match self.cached_summaries(&chunk, generation, entries.len())? {
+                Some(summaries) => summaries,
+                None => self.summaries_by_scan(&mut scan, &chunk, &entries, generation)?,
+            };
+            for (entry, summary) in entries.into_iter().zip(summaries) {
+                if summary.as_ref().is_some_and(|s| s.retracted) {
+                    retracted_hidden += 1;
+                    continue;
+                }
+                let trusted = match &summary {
+                    None => false,
+                    Some(s) => match &last_trust {
+                        Some((publisher, trusted)) if *publisher == s.publisher => *trusted,
+                        _ => {
+                            let trusted = self.trusted.is_trusted(&s.publisher);
+                            last_trust = Some((s.publisher.clone(), trusted));
+                            trusted
+                        }
+                    },
+                };
+                views.push(EntryView {
+                    entry,
+                    summary,
+                    trusted,
+                });
+            }
+        }
+        Ok((views, retracted_hidden))
+    }
+
+    /// The summaries of a chunk's entries from the listing cache, if it holds them for
+    /// this generation. Cache value: generation (u64 LE), then per entry a u32 LE length
+    /// (`u32::MAX` for "no record here") and the summary's index bytes.
+    fn cached_summaries(
+        &self,
+        chunk: &Cid,
+        generation: u64,
+        count: usize,
+    ) -> Result<Option<Vec<Option<RecordSummary>>>> {
+        let Some(value) = self.listing_cache.get(chunk.to_bytes())? else {
+            return Ok(None);
+        };
+        let Some((stored_generation, mut rest)) = value.split_first_chunk::<8>() else {
+            return Ok(None);
+        };
+        if u64::from_le_bytes(*stored_generation) != generation {
+            return Ok(None);
+        }
+        let mut summaries = Vec::with_capacity(count);
+        while let Some((length, tail)) = rest.split_first_chunk::<4>() {
+            let length = u32::from_le_bytes(*length);
+            if length == u32::MAX {
+                summaries.push(None);
+                rest = tail;
+                continue;
+            }
+            let Some((bytes, tail)) = tail.split_at_checked(length as usize) else {
+                return Ok(None);
+            };
+            summaries.push(Some(decode_summary(bytes)?));
+            rest = tail;
+        }
+        // A cache entry that does not fit the chunk is ignored and rebuilt.
+        Ok((rest.is_empty() && summaries.len() == count).then_some(summaries))
+    }
+
+    fn summaries_by_scan(
+        &self,
+        scan: &mut SummaryScan<'_>,
+        chunk: &Cid,
+        entries: &[Entry],
+        generation: u64,
+    ) -> Result<Vec<Option<RecordSummary>>> {
+        let mut cache = generation.to_le_bytes().to_vec();
+        let mut summaries = Vec::with_capacity(entries.len());
         let mut key = Vec::new();
-        let mut views = Vec::with_capacity(entries.len());
         for entry in entries {
             key.clear();
             entry
                 .record
                 .write_bytes(&mut key)
                 .map_err(|e| damaged(format!("cannot encode CID: {e}")))?;
-            let summary = summaries.get(&key)?;
-            if summary.as_ref().is_some_and(|s| s.retracted) {
-                retracted_hidden += 1;
-                continue;
+            match scan.get_raw(&key)? {
+                Some(value) => {
+                    // Index values are small: a record's title and licence are capped.
+                    cache.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                    cache.extend_from_slice(&value);
+                    summaries.push(Some(decode_summary(&value)?));
+                }
+                None => {
+                    cache.extend_from_slice(&u32::MAX.to_le_bytes());
+                    summaries.push(None);
+                }
             }
-            let trusted = match &summary {
-                None => false,
-                Some(s) => match &last_trust {
-                    Some((publisher, trusted)) if *publisher == s.publisher => *trusted,
-                    _ => {
-                        let trusted = self.trusted.is_trusted(&s.publisher);
-                        last_trust = Some((s.publisher.clone(), trusted));
-                        trusted
-                    }
-                },
-            };
-            views.push(EntryView {
-                entry,
-                summary,
-                trusted,
-            });
         }
-        Ok((views, retracted_hidden))
+        self.listing_cache.insert(chunk.to_bytes(), cache)?;
+        Ok(summaries)
     }
 
     /// Every collection known here: accepted heads and this node's own collections.

@@ -220,10 +220,21 @@ where
     S: BlockGet + ?Sized,
     F: FnMut(Entry) -> Result<Option<T>>,
 {
+    let chunks = read_chunks(store, root)?;
+    let mut mapped = Vec::with_capacity(chunks.iter().map(|(_, entries)| entries.len()).sum());
+    for (_, entries) in chunks {
+        for entry in entries {
+            mapped.extend(f(entry)?);
+        }
+    }
+    Ok(mapped)
+}
+
+/// Every chunk of the list with its entries, in record-CID order, each chunk verified
+/// against its CID and against the root, and no two chunks overlapping.
+pub fn read_chunks<S: BlockGet + ?Sized>(store: &S, root: &Cid) -> Result<Vec<(Cid, Vec<Entry>)>> {
     let decoded = read_root(store, root)?;
-    // `read_root` capped the count at MAX_ENTRIES; mapping straight into one vector saves
-    // moving every mapped entry once more.
-    let mut mapped = Vec::with_capacity(decoded.count as usize);
+    let mut chunks = Vec::with_capacity(decoded.chunks.len());
     let mut previous_last: Option<Vec<u8>> = None;
     for chunk_ref in &decoded.chunks {
         let entries = read_chunk(store, chunk_ref)?;
@@ -239,11 +250,9 @@ where
             )));
         }
         previous_last = entries.last().map(|e| sort_key(&e.record));
-        for entry in entries {
-            mapped.extend(f(entry)?);
-        }
+        chunks.push((chunk_ref.chunk, entries));
     }
-    Ok(mapped)
+    Ok(chunks)
 }
 
 /// The CIDs of the root and all chunk blocks.
