@@ -261,6 +261,34 @@ async fn records_and_collections_show_on_the_page_with_their_trust() {
     book.add_entries("maths", vec![Entry::new(record_cids[0])])
         .unwrap();
     let published = book.publish("maths", &signing).unwrap();
+    // A third record, withdrawn: its title must no longer be listed.
+    let withdrawn_content = oermesh::block::cid_v1(oermesh::block::codec::RAW, b"withdrawn");
+    let batch = repo.store().batch();
+    oermesh::block::BlockPut::put_block(&batch, &withdrawn_content, b"withdrawn").unwrap();
+    batch.commit_and_pin(&[withdrawn_content], "user").unwrap();
+    let withdrawn = book
+        .sign_record(
+            &signing,
+            RecordDraft {
+                content: withdrawn_content,
+                title: "Taken down".into(),
+                description: None,
+                language: "en".into(),
+                authors: vec![Author {
+                    name: "A. Teacher".into(),
+                    url: None,
+                }],
+                licence: "CC-BY-4.0".into(),
+                licence_url: None,
+                source: None,
+                based_on: vec![],
+                educational: Educational::default(),
+                created: None,
+            },
+        )
+        .unwrap();
+    book.retract(&signing, &withdrawn.cid, "rights holder asked")
+        .unwrap();
     drop(book);
     let daemon = Daemon::start(repo, loopback_options("/ip4/127.0.0.1/tcp/0"))
         .await
@@ -274,6 +302,10 @@ async fn records_and_collections_show_on_the_page_with_their_trust() {
     assert!(page.contains("CC-BY-SA-3.0-IGO"));
     assert!(page.contains("Usanisinuru") && page.contains("<strong>not trusted</strong>"));
     assert!(page.contains(&published.id.to_string()), "{}", own.did);
+    assert!(
+        !page.contains("Taken down"),
+        "a retracted record is no longer listed"
+    );
     daemon.shutdown().await.unwrap();
 }
 
