@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cid::multibase::{self, Base};
 use multihash::Multihash;
 
+use crate::block::BlockError;
+
 pub(crate) struct BlockDir {
     blocks: PathBuf,
     tmp: PathBuf,
@@ -86,6 +88,15 @@ impl BlockDir {
             let _ = fs::remove_file(&tmp_path);
         }
         result
+    }
+
+    /// The error for a block file that could not be written, naming the file (a full
+    /// disk says "No space left on device" here).
+    pub(crate) fn write_error(&self, hash: &Multihash<64>, err: io::Error) -> BlockError {
+        BlockError::Backend(format!(
+            "cannot write block file {}: {err}",
+            self.path_of(hash).display()
+        ))
     }
 
     pub(crate) fn read(&self, hash: &Multihash<64>, size_hint: u64) -> io::Result<Vec<u8>> {

@@ -34,6 +34,9 @@ pub const INLINE_LIMIT: usize = 4095;
 /// the IPFS ecosystem treats 2 MiB as the upper bound for a block).
 pub const MAX_BLOCK_SIZE: usize = 2 * 1024 * 1024;
 
+/// Index entries `verify` holds in memory at a time.
+const VERIFY_BATCH: usize = 4096;
+
 /// Inline bytes a write batch holds in memory before handing them to sled early.
 const PENDING_INLINE_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -259,15 +262,15 @@ impl Store {
             .gc_lock
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let pinned: Vec<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
-        let skipped: Vec<Cid> = let_go
+        let pinned: HashSet<Cid> = self.pins()?.into_iter().map(|(cid, _)| cid).collect();
+        let skipped: HashSet<Cid> = let_go
             .iter()
             .filter(|cid| !pinned.contains(cid))
             .copied()
             .collect();
-        let mut roots = pinned;
+        let mut roots: Vec<Cid> = pinned.into_iter().collect();
         roots.extend(extra_roots.iter().filter(|cid| !skipped.contains(cid)));
-        let live = self.mark_live(&roots, &skipped)?;
+        let live = self.mark_live(&roots, skipped)?;
 
         let mut report = GcReport::default();
         for item in self.inner.index.iter() {
@@ -313,50 +316,29 @@ impl Store {
     /// Re-hashes every stored block and checks that every DAG reachable from a pin or
     /// from `extra_roots` is complete.
     pub fn verify(&self, extra_roots: &[Cid], let_go: &[Cid]) -> Result<VerifyReport, StoreError> {
-        let entries: Vec<(sled::IVec, sled::IVec)> =
-            self.inner.index.iter().collect::<Result<_, _>>()?;
-        let results: Vec<Result<Option<Damage>, StoreError>> = entries
-            .par_iter()
-            .map(|(key, value)| {
-                let hash = Multihash::<64>::from_bytes(key)
-                    .map_err(|_| StoreError::DamagedIndex(format!("{:02x?}", key.as_ref())))?;
-                let name = hash_name(&hash);
-                let probe = Cid::new_v1(block::codec::RAW, hash);
-                let entry = decode_entry(value, &probe)?;
-                let data = match entry.tag {
-                    TAG_INLINE => value[9..].to_vec(),
-                    _ => match self.inner.dir.read(&hash, entry.size) {
-                        Ok(data) => data,
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                            return Ok(Some(Damage::MissingData(name)))
-                        }
-                        Err(source) => {
-                            return Err(StoreError::Io {
-                                action: "read block file",
-                                path: self.inner.dir.path_of(&hash),
-                                source,
-                            })
-                        }
-                    },
-                };
-                match block::verify(&probe, &data) {
-                    Ok(()) if data.len() as u64 == entry.size => Ok(None),
-                    Ok(()) | Err(BlockError::Corrupt(_)) => Ok(Some(Damage::Corrupt(name))),
-                    Err(err) => Err(err.into()),
-                }
-            })
-            .collect();
         let mut report = VerifyReport::default();
-        for ((_, value), result) in entries.iter().zip(results) {
-            report.blocks_checked += 1;
-            report.bytes_checked += u64::from_le_bytes(
-                value
-                    .get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .unwrap_or([0; 8]),
-            );
-            if let Some(damage) = result? {
-                report.damage.push(damage);
+        // Bounded batches: inline blocks are in the index values, and a large store's
+        // index does not fit in memory at once.
+        let mut entries: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(VERIFY_BATCH);
+        let mut index = self.inner.index.iter();
+        loop {
+            entries.clear();
+            for item in index.by_ref().take(VERIFY_BATCH) {
+                entries.push(item?);
+            }
+            if entries.is_empty() {
+                break;
+            }
+            let results: Vec<Result<Option<Damage>, StoreError>> = entries
+                .par_iter()
+                .map(|(key, value)| self.check_entry(key, value))
+                .collect();
+            for ((_, value), result) in entries.iter().zip(results) {
+                report.blocks_checked += 1;
+                report.bytes_checked += recorded_size(value);
+                if let Some(damage) = result? {
+                    report.damage.push(damage);
+                }
             }
         }
 
@@ -384,6 +366,36 @@ impl Store {
         Ok(report)
     }
 
+    /// Re-hashes one indexed block; `Some` names what is wrong with it.
+    fn check_entry(&self, key: &[u8], value: &[u8]) -> Result<Option<Damage>, StoreError> {
+        let hash = Multihash::<64>::from_bytes(key)
+            .map_err(|_| StoreError::DamagedIndex(format!("{:02x?}", key)))?;
+        let name = hash_name(&hash);
+        let probe = Cid::new_v1(block::codec::RAW, hash);
+        let entry = decode_entry(value, &probe)?;
+        let data = match entry.tag {
+            TAG_INLINE => value[9..].to_vec(),
+            _ => match self.inner.dir.read(&hash, entry.size) {
+                Ok(data) => data,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return Ok(Some(Damage::MissingData(name)))
+                }
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        action: "read block file",
+                        path: self.inner.dir.path_of(&hash),
+                        source,
+                    })
+                }
+            },
+        };
+        match block::verify(&probe, &data) {
+            Ok(()) if data.len() as u64 == entry.size => Ok(None),
+            Ok(()) | Err(BlockError::Corrupt(_)) => Ok(Some(Damage::Corrupt(name))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     pub fn stat(&self) -> Result<StoreStat, StoreError> {
         let mut stat = StoreStat::default();
         for item in self.inner.index.iter() {
@@ -392,12 +404,7 @@ impl Store {
             if value.first() == Some(&TAG_INLINE) {
                 stat.inline_blocks += 1;
             }
-            stat.bytes += u64::from_le_bytes(
-                value
-                    .get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .unwrap_or([0; 8]),
-            );
+            stat.bytes += recorded_size(&value);
         }
         stat.pins = self.inner.pins.len() as u64;
         stat.disk_bytes = disk_usage(&self.inner.root);
@@ -414,9 +421,13 @@ impl Store {
     /// links, so they are only looked up, not read: marking costs the size of the
     /// DAG's inner nodes, not of its data. A missing or damaged inner node stops gc,
     /// since deleting around a hole could remove what the hole links to.
-    fn mark_live(&self, roots: &[Cid], skipped: &[Cid]) -> Result<HashSet<Vec<u8>>, StoreError> {
+    fn mark_live(
+        &self,
+        roots: &[Cid],
+        skipped: HashSet<Cid>,
+    ) -> Result<HashSet<Vec<u8>>, StoreError> {
         let mut live: HashSet<Vec<u8>> = HashSet::new();
-        let mut visited: HashSet<Cid> = skipped.iter().copied().collect();
+        let mut visited: HashSet<Cid> = skipped;
         let mut stack: Vec<Cid> = roots.to_vec();
         let stopped = |err: &dyn std::fmt::Display| {
             StoreError::Block(BlockError::Backend(format!(
@@ -530,23 +541,14 @@ impl BlockPut for Store {
         let Some(key) = self.admit(cid, data, false)? else {
             return Ok(());
         };
-        let inner = &self.inner;
-        let mut value = Vec::with_capacity(9 + data.len().min(INLINE_LIMIT + 1));
-        if data.len() <= INLINE_LIMIT {
-            value.push(TAG_INLINE);
-            value.extend_from_slice(&(data.len() as u64).to_le_bytes());
-            value.extend_from_slice(data);
-        } else {
-            inner.dir.write_durable(cid.hash(), data).map_err(|err| {
-                BlockError::Backend(format!(
-                    "cannot write block file {}: {err}",
-                    inner.dir.path_of(cid.hash()).display()
-                ))
-            })?;
-            value.push(TAG_FILE);
-            value.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        if data.len() > INLINE_LIMIT {
+            let written = self.inner.dir.write_durable(cid.hash(), data);
+            written.map_err(|err| self.inner.dir.write_error(cid.hash(), err))?;
         }
-        inner.index.insert(key, value).map_err(db_error)?;
+        self.inner
+            .index
+            .insert(key, index_value(data))
+            .map_err(db_error)?;
         Ok(())
     }
 }
@@ -635,44 +637,49 @@ impl WriteBatch<'_> {
             return Ok(());
         };
         let inner = &self.store.inner;
-        let mut value = Vec::with_capacity(
-            9 + if data.len() <= INLINE_LIMIT {
-                data.len()
-            } else {
-                0
-            },
-        );
         if data.len() <= INLINE_LIMIT {
-            value.push(TAG_INLINE);
-            value.extend_from_slice(&(data.len() as u64).to_le_bytes());
-            value.extend_from_slice(data);
             let held = self
                 .pending_inline_bytes
                 .fetch_add(data.len() as u64, Ordering::AcqRel);
             self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((key, value));
+                .push((key, index_value(data)));
             if held as usize + data.len() > PENDING_INLINE_LIMIT {
                 self.spill_inline()?;
             }
         } else {
-            inner.dir.write(cid.hash(), data).map_err(|err| {
-                BlockError::Backend(format!(
-                    "cannot write block file {}: {err}",
-                    inner.dir.path_of(cid.hash()).display()
-                ))
-            })?;
+            let written = inner.dir.write(cid.hash(), data);
+            written.map_err(|err| inner.dir.write_error(cid.hash(), err))?;
             self.wrote_files.store(true, Ordering::Release);
-            value.push(TAG_FILE);
-            value.extend_from_slice(&(data.len() as u64).to_le_bytes());
             self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((key, value));
+                .push((key, index_value(data)));
         }
         Ok(())
     }
+}
+
+/// The index value of a block: tag, size, and the bytes themselves when small.
+fn index_value(data: &[u8]) -> Vec<u8> {
+    let inline = data.len() <= INLINE_LIMIT;
+    let mut value = Vec::with_capacity(9 + if inline { data.len() } else { 0 });
+    value.push(if inline { TAG_INLINE } else { TAG_FILE });
+    value.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    if inline {
+        value.extend_from_slice(data);
+    }
+    value
+}
+
+/// The block size an index value records; 0 for a damaged value (which `verify` and
+/// reads report on their own).
+fn recorded_size(value: &[u8]) -> u64 {
+    value
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 struct IndexEntry {
