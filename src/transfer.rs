@@ -147,19 +147,15 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
         .map(|h| h.0)
         .chain(signed.retractions.iter().map(|r| r.0))
         .collect();
-    let mut check_roots: Vec<Cid> = roots
-        .iter()
-        .filter(|root| !signed_roots.contains(root))
-        .copied()
-        .collect();
-    check_roots.extend(newest_heads.values().map(|(_, (_, _, head))| head.entries));
-    for root in &check_roots {
-        let mut missing = Vec::new();
-        links::walk_lenient(store, std::slice::from_ref(root), &[], &mut |cid, _| {
-            if !is_retracted(cid) {
-                missing.push(*cid);
-            }
-        })?;
+    let plain_roots = roots.iter().filter(|root| !signed_roots.contains(root));
+    let collection_roots = newest_heads
+        .values()
+        .map(|(_, (cid, _, head))| (head.entries, Some(*cid)));
+    for (root, newest_head) in plain_roots
+        .map(|root| (*root, None))
+        .chain(collection_roots)
+    {
+        let missing = missing_below(store, root, newest_head.as_ref(), &is_retracted)?;
         if let Some(first) = missing.first() {
             return Err(TransferError::Incomplete {
                 root: root.to_string(),
@@ -169,8 +165,8 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
         }
     }
 
-    for (_, bytes, _) in &signed.records {
-        book.accept_record(bytes)?;
+    for (cid, bytes, record) in &signed.records {
+        book.store_verified_record(cid, bytes, record)?;
         report.records += 1;
     }
     for (_, bytes, _) in &signed.retractions {
@@ -245,6 +241,58 @@ fn verify_signed(blocks: Vec<(Cid, Kind, Vec<u8>)>) -> Result<Signed, TransferEr
 
 type HeadEntry = (Cid, Vec<u8>, Head);
 
+/// The blocks a collection CAR carries below a block: for the newest head, its entry
+/// list and the head before it; for an older head, only the head before it (history,
+/// without old entry lists); for a record, its content only (the works it adapts travel
+/// in their own collections); for anything else, every link. Export and the import's
+/// completeness check follow the same rule. Signatures were checked when these blocks
+/// were accepted, so only the links are decoded here.
+fn collection_children(
+    cid: &Cid,
+    data: &[u8],
+    newest_head: Option<&Cid>,
+) -> Result<Vec<Cid>, TransferError> {
+    if cid.codec() == codec::DAG_CBOR {
+        match kind_of(data) {
+            Some(Kind::Head) if Some(cid) != newest_head => {
+                let head: Head = crate::records::codec::decode(Kind::Head, data)?;
+                return Ok(head.previous.into_iter().collect());
+            }
+            Some(Kind::Record) => {
+                let record: Record = crate::records::codec::decode(Kind::Record, data)?;
+                return Ok(vec![record.content]);
+            }
+            _ => {}
+        }
+    }
+    Ok(links::links(cid, data)?)
+}
+
+/// Blocks below `root` (by [`collection_children`]) that the store does not hold,
+/// except those `may_be_missing` lets go.
+fn missing_below(
+    store: &crate::store::Store,
+    root: Cid,
+    newest_head: Option<&Cid>,
+    may_be_missing: &dyn Fn(&Cid) -> bool,
+) -> Result<Vec<Cid>, TransferError> {
+    let mut missing = Vec::new();
+    let mut visited = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(cid) = stack.pop() {
+        if !visited.insert(cid) {
+            continue;
+        }
+        match links::get_verified(store, &cid) {
+            Ok(data) => stack.extend(collection_children(&cid, &data, newest_head)?),
+            Err(BlockError::NotFound(_)) if may_be_missing(&cid) => {}
+            Err(BlockError::NotFound(_)) => missing.push(cid),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(missing)
+}
+
 /// The newest head of each collection in the CAR; older ones travel as history.
 fn newest_per_collection(
     heads: &[HeadEntry],
@@ -309,17 +357,7 @@ pub fn export_collection<W: Write>(
         }
         let data = links::get_verified(store, &cid)?;
         write(&mut writer, &cid, &data)?;
-        let children = if cid != head_cid
-            && cid.codec() == codec::DAG_CBOR
-            && kind_of(&data) == Some(Kind::Head)
-        {
-            Head::decode_and_verify(&data)?
-                .previous
-                .into_iter()
-                .collect()
-        } else {
-            links::links(&cid, &data)?
-        };
+        let children = collection_children(&cid, &data, Some(&head_cid))?;
         stack.extend(
             children
                 .into_iter()

@@ -473,9 +473,21 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     pub fn accept_record(&self, bytes: &[u8]) -> Result<Cid> {
         let record = Record::decode_and_verify(bytes)?;
         let cid = cid_v1(block_codec::DAG_CBOR, bytes);
-        self.blocks.put_block(&cid, bytes)?;
-        self.index_record(&cid, &record)?;
+        self.store_verified_record(&cid, bytes, &record)?;
         Ok(cid)
+    }
+
+    /// Stores and indexes a record that `Record::decode_and_verify` has just accepted
+    /// from these very bytes: an import checks every signature before it accepts
+    /// anything, and need not check them twice.
+    pub(crate) fn store_verified_record(
+        &self,
+        cid: &Cid,
+        bytes: &[u8],
+        record: &Record,
+    ) -> Result<()> {
+        self.blocks.put_block(cid, bytes)?;
+        self.index_record(cid, record)
     }
 
     fn index_record(&self, cid: &Cid, record: &Record) -> Result<()> {

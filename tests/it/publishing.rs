@@ -363,3 +363,43 @@ fn a_key_file_readable_by_others_is_refused() {
         .to_string();
     assert_eq!(imported.trim(), format!("moved {did}"));
 }
+
+#[test]
+fn a_collection_car_carries_its_entries_not_the_works_they_adapt() {
+    let publisher = Node::init();
+    publisher.ok(&["key", "gen", "k"]);
+    let (parent_content, parent) = publisher_file(&publisher, "original.md", "the original lesson");
+    let (_, child) = publish_file(
+        &publisher,
+        "adapted.md",
+        "the adapted lesson",
+        &[
+            "--title",
+            "Adapted",
+            "--license",
+            "CC-BY-4.0",
+            "--based-on",
+            &parent,
+            "--changes",
+            "shortened",
+        ],
+    );
+    publisher.ok(&["collection", "create", "c"]);
+    publisher.ok(&["collection", "add", "c", &child]);
+    let id = publisher
+        .ok(&["collection", "publish", "c"])
+        .trim()
+        .to_string();
+    let car = publisher.path("c.car");
+    publisher.ok(&["export", &id, "-o", &car]);
+
+    let school = Node::init();
+    assert!(school.ok(&["import", &car]).contains("1 records"));
+    assert!(school.ok(&["collection", "show", &id]).contains("Adapted"));
+    school.fails(&["cat", &parent_content]);
+    let tree = school.run(&["provenance", &child]);
+    assert!(
+        String::from_utf8_lossy(&tree.stdout).contains(&parent),
+        "the parent is named, not shipped"
+    );
+}
