@@ -248,6 +248,16 @@ fn kubo_adds_files_and_folders_with_the_same_cids_as_ours() {
     }
 }
 
+/// Ends a child process however the test ends, a failed assertion included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One HTTP/1.1 request over plain TCP; asserts a 200 and returns the body. The body is
 /// read by its Content-Length: chromedriver keeps the connection open after answering.
 fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> String {
@@ -314,12 +324,14 @@ async fn headless_chromium_renders_the_daemon_page_directly_and_through_chromedr
             .local_addr()
             .unwrap()
             .port();
-        let mut driver = Command::new(tools::chromedriver())
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let _driver = KillOnDrop(
+            Command::new(tools::chromedriver())
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let driver_addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = std::time::Instant::now() + POLL_DEADLINE;
         while TcpStream::connect(driver_addr).is_err() {
@@ -370,8 +382,6 @@ async fn headless_chromium_renders_the_daemon_page_directly_and_through_chromedr
         ))
         .unwrap();
         http_request(driver_addr, "DELETE", &session, None);
-        let _ = driver.kill();
-        let _ = driver.wait();
         (dom, title["value"].as_str().unwrap().to_owned())
     })
     .await
