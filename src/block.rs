@@ -186,6 +186,63 @@ impl BlockPut for MemoryBlocks {
     }
 }
 
+/// Serde for CIDs as their text form (`bafy...`), for JSON. The `cid` crate's own serde
+/// form is an IPLD link, which JSON cannot carry.
+pub mod cid_text {
+    use cid::Cid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(cid: &Cid, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(cid)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Cid, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Cid::try_from(text.as_str()).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<Cid>`.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(cid: &Option<Cid>, serializer: S) -> Result<S::Ok, S::Error> {
+            match cid {
+                Some(cid) => serializer.collect_str(cid),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Cid>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| Cid::try_from(text.as_str()).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+
+    /// The same for `Vec<Cid>`.
+    pub mod vec {
+        use super::*;
+        use serde::ser::SerializeSeq;
+
+        pub fn serialize<S: Serializer>(cids: &[Cid], serializer: S) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(Some(cids.len()))?;
+            for cid in cids {
+                seq.serialize_element(&cid.to_string())?;
+            }
+            seq.end()
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Cid>, D::Error> {
+            Vec::<String>::deserialize(deserializer)?
+                .iter()
+                .map(|text| Cid::try_from(text.as_str()).map_err(serde::de::Error::custom))
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

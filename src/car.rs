@@ -313,7 +313,7 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// What [`export_dag`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExportSummary {
     pub blocks: u64,
     pub bytes: u64,

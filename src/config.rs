@@ -35,6 +35,16 @@ mdns = true
 # Peers to connect to directly, for networks that block multicast
 # (e.g. "/ip4/192.168.1.20/tcp/4001").
 static_peers = []
+
+[api]
+# While the daemon runs, every oermesh command on this machine talks to it through
+# the socket api.sock in this repository (mode 0600: only this user can use it).
+# A group whose members may use the socket too (mode 0660), e.g. "oermesh"; empty: none.
+socket_group = ""
+# Also serve the API on a TCP address, e.g. "127.0.0.1:5001"; empty: off. Every
+# request must then carry "Authorization: Bearer TOKEN", with the token the daemon
+# writes to api.token in this repository. Never use an address students can reach.
+listen = ""
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +70,7 @@ pub struct Config {
     pub add: AddSection,
     pub trust: TrustSection,
     pub daemon: DaemonSection,
+    pub api: ApiSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +98,13 @@ pub struct DaemonSection {
     pub listen: Vec<String>,
     pub mdns: bool,
     pub static_peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub socket_group: String,
+    pub listen: String,
 }
 
 impl Default for StoreSection {

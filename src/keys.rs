@@ -168,7 +168,8 @@ pub fn key_path(dir: &Path, name: &str) -> Result<PathBuf, KeyError> {
     Ok(dir.join(format!("{name}.{KEY_FILE_EXTENSION}")))
 }
 
-fn key_file_text(key: &SigningKey) -> String {
+/// The text of a key file holding `key`.
+pub fn key_file_text(key: &SigningKey) -> String {
     let seed_hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "# oermesh ed25519 signing key. Anyone who can read this file can sign as this publisher.\n\
@@ -240,7 +241,8 @@ struct KeyFileFields {
     seed: String,
 }
 
-fn parse_key_file_text(text: &str) -> Result<SigningKey, String> {
+/// Reads a key file's text; the error says what is wrong with it.
+pub fn parse_key_file_text(text: &str) -> Result<SigningKey, String> {
     let fields: KeyFileFields = toml::from_str(text).map_err(|e| e.message().to_string())?;
     if fields.format != KEY_FILE_FORMAT {
         return Err(format!(
@@ -354,19 +356,27 @@ pub fn export(dir: &Path, name: &str, to_path: &Path) -> Result<KeyInfo, KeyErro
 }
 
 /// Imports the key file at `from_path` into `dir` as `name` (default: the file's stem).
-///
-/// The source file's permissions are not checked: backups often sit on removable media whose
-/// file system cannot express 0600. The copy in `dir` is written with mode 0600.
 pub fn import(dir: &Path, from_path: &Path, name: Option<&str>) -> Result<KeyInfo, KeyError> {
-    let name = match name {
-        Some(name) => name.to_string(),
-        None => from_path
+    let name = import_name(from_path, name)?;
+    let key = read_key_for_import(from_path)?;
+    store_key(dir, &name, &key)
+}
+
+/// The name a key imported from `from_path` gets: `name`, else the file's stem.
+pub fn import_name(from_path: &Path, name: Option<&str>) -> Result<String, KeyError> {
+    match name {
+        Some(name) => Ok(name.to_string()),
+        None => Ok(from_path
             .file_stem()
             .and_then(|s| s.to_str())
             .ok_or_else(|| KeyError::InvalidName(from_path.display().to_string()))?
-            .to_string(),
-    };
-    let path = key_path(dir, &name)?;
+            .to_string()),
+    }
+}
+
+/// Reads a key file to import it. Its permissions are not checked: backups often sit on
+/// removable media whose file system cannot express 0600. The copy made is 0600.
+pub fn read_key_for_import(from_path: &Path) -> Result<SigningKey, KeyError> {
     let metadata = fs::metadata(from_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => KeyError::NotFound(from_path.to_path_buf()),
         _ => KeyError::Io {
@@ -374,11 +384,16 @@ pub fn import(dir: &Path, from_path: &Path, name: Option<&str>) -> Result<KeyInf
             source: e,
         },
     })?;
-    let key = parse_key_file_at(from_path, &metadata)?;
+    parse_key_file_at(from_path, &metadata)
+}
+
+/// Writes `key` into `dir` as `name` (mode 0600, never overwriting).
+pub fn store_key(dir: &Path, name: &str, key: &SigningKey) -> Result<KeyInfo, KeyError> {
+    let path = key_path(dir, name)?;
     ensure_key_dir(dir)?;
-    write_key_file(&path, &key)?;
+    write_key_file(&path, key)?;
     Ok(KeyInfo {
-        name,
+        name: name.to_string(),
         did: did_key(&key.verifying_key()),
         path,
     })

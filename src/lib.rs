@@ -12,3 +12,5 @@ pub mod store;
 pub mod transfer;
 pub mod units;
 pub mod unixfs;
+pub mod node;
+pub mod api;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
 use crate::records::{RecordBook, RecordError, TrustedPublishers};
-use crate::store::{GcReport, Store, StoreConfig, StoreError, VerifyReport};
+use crate::store::{Store, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -42,6 +42,9 @@ pub enum RepoError {
     #[error(transparent)]
     Records(#[from] RecordError),
 }
+
+/// How long opening waits for sled's lock after this process closed the repository.
+const SLED_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An open repository. Holding it holds the repository's lock.
 pub struct Repo {
@@ -92,12 +95,25 @@ impl Repo {
         }
         let lock = lock_repo(root)?;
         let config = Config::load(&config_path)?;
-        let store = Store::open(
-            root,
-            &StoreConfig {
-                cache_bytes: config.store.cache_mb * 1024 * 1024,
-            },
-        )?;
+        let store_config = StoreConfig {
+            cache_bytes: config.store.cache_mb * 1024 * 1024,
+        };
+        // Holding repo.lock, no other process has the repository open; sled's own lock
+        // can then only be held by this process's last handle, which sled's background
+        // threads release a moment after it is dropped (a closed node that is opened
+        // again at once, as the daemon's tests do). Wait for it, briefly.
+        let deadline = std::time::Instant::now() + SLED_RELEASE_WAIT;
+        let store = loop {
+            match Store::open(root, &store_config) {
+                Err(StoreError::Db(sled::Error::Io(err)))
+                    if err.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         Ok(Repo {
             root: root.to_path_buf(),
             config,
@@ -161,27 +177,6 @@ impl Repo {
             );
         }
         Ok(TrustedPublishers::new(dids.iter())?)
-    }
-
-    /// Garbage collection over pins and everything the record layer holds on to.
-    pub fn gc(&self) -> Result<GcReport, RepoError> {
-        let book = self.records()?;
-        book.clear_listing_cache()?;
-        let roots = book.gc_roots()?;
-        Ok(self.store.gc(&roots.keep, &roots.retracted)?)
-    }
-
-    /// Verifies every block, and that every pinned or record-layer DAG is complete.
-    pub fn verify(&self) -> Result<VerifyReport, RepoError> {
-        let roots = self.records()?.gc_roots()?;
-        Ok(self.store.verify(&roots.keep, &roots.retracted)?)
-    }
-
-    /// Replaces the trusted publishers, in memory and in config.toml.
-    pub fn set_trusted(&mut self, publishers: Vec<String>) -> Result<(), RepoError> {
-        Config::save_trusted(&self.config_path(), &publishers)?;
-        self.config.trust.publishers = publishers;
-        Ok(())
     }
 }
 

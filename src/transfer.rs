@@ -14,16 +14,13 @@ use crate::block::{codec, BlockError, BlockGet, BlockPut};
 use crate::car::{CarError, CarReader, CarWriter, ExportSummary};
 use crate::links;
 use crate::records::book::kind_of;
-use crate::records::{CollectionId, Head, Kind, Record, RecordError, Retraction};
-use crate::repo::{Repo, RepoError};
-use crate::store::StoreError;
+use crate::records::{CollectionId, Head, Kind, Record, RecordBook, RecordError, Retraction};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     #[error(transparent)]
     Car(#[from] CarError),
-    #[error(transparent)]
-    Repo(#[from] RepoError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -85,10 +82,13 @@ struct Signed {
 
 /// Imports a CAR: plain DAGs (roots pinned) or a collection (head, entries, records,
 /// retractions, content).
-pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, TransferError> {
+pub fn import_car<R: Read>(
+    store: &Store,
+    book: &RecordBook<Store>,
+    input: R,
+) -> Result<ImportReport, TransferError> {
     let mut reader = CarReader::new(input)?;
     let roots = reader.roots().to_vec();
-    let store = repo.store();
     let mut report = ImportReport::default();
     // Signed objects are small (records are capped at 64 KiB); keep them to check
     // signatures once the whole CAR has verified.
@@ -108,7 +108,6 @@ pub fn import_car<R: Read>(repo: &Repo, input: R) -> Result<ImportReport, Transf
     let signed = verify_signed(signed_blocks)?;
     batch.commit()?;
 
-    let book = repo.records()?;
     let newest_heads = newest_per_collection(&signed.heads)?;
     for (id, (cid, bytes, head)) in newest_heads.values() {
         if let Some((known, known_cid)) = book.newest_head(id)? {
@@ -271,7 +270,7 @@ fn collection_children(
 /// Blocks below `root` (by [`collection_children`]) that the store does not hold,
 /// except those `may_be_missing` lets go.
 fn missing_below(
-    store: &crate::store::Store,
+    store: &Store,
     root: Cid,
     newest_head: Option<&Cid>,
     may_be_missing: &dyn Fn(&Cid) -> bool,
@@ -315,12 +314,11 @@ fn newest_per_collection(
 /// (history, without their old entry lists), the entry list, every record that is not
 /// retracted with its content, and the retractions, so the receiving node learns them.
 pub fn export_collection<W: Write>(
-    repo: &Repo,
+    store: &Store,
+    book: &RecordBook<Store>,
     id: &CollectionId,
     out: W,
 ) -> Result<ExportSummary, TransferError> {
-    let book = repo.records()?;
-    let store = repo.store();
     let (_, head_cid) = book
         .newest_head(id)?
         .ok_or_else(|| TransferError::UnknownCollection(id.to_string()))?;

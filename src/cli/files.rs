@@ -5,16 +5,16 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use cid::Cid;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use oermesh::block::{BlockPut, MemoryBlocks};
+use oermesh::block::MemoryBlocks;
 use oermesh::car;
-use oermesh::repo::Repo;
-use oermesh::unixfs::importer::{self, Imported};
-use oermesh::unixfs::profile::Profile;
+use oermesh::node::service::ServiceBlocks;
+use oermesh::node::{export_target, resolve_profile, walk_into, AddEvent, AddOptions, Service};
+use oermesh::unixfs::importer::{self, Imported, TreeBuilder};
 use oermesh::unixfs::reader;
 
 use super::output;
@@ -31,7 +31,7 @@ pub struct AddArgs {
     quiet: bool,
     /// Only compute the CIDs; store nothing (works without a repository)
     #[arg(short = 'n', long)]
-    only_hash: bool,
+    pub only_hash: bool,
     /// Block layout: unixfs-v1-2025 (default) or unixfs-v0-2015
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
@@ -55,120 +55,120 @@ pub struct ExportArgs {
     output: PathBuf,
 }
 
-fn profile_for(args: &AddArgs, default_profile: &str) -> Result<Profile> {
-    let name = args.profile.as_deref().unwrap_or(default_profile);
-    let mut profile = Profile::by_name(name).map_err(|err| anyhow!("{err}"))?;
-    if let Some(version) = args.cid_version {
-        profile = profile
-            .with_cid_version(u64::from(version))
-            .map_err(|err| anyhow!("{err}"))?;
+impl AddArgs {
+    fn options(&self) -> AddOptions {
+        AddOptions {
+            profile: self.profile.clone(),
+            cid_version: self.cid_version,
+            chunker: self.chunker.clone(),
+            record: self.record.wants_record().then(|| self.record.fields()),
+        }
     }
-    if let Some(chunker) = &args.chunker {
-        profile = profile
-            .with_chunker(chunker)
-            .map_err(|err| anyhow!("{err}"))?;
-    }
-    Ok(profile)
 }
 
-pub fn add(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
-    if args.only_hash {
-        if args.record.wants_record() {
-            bail!("--only-hash stores nothing, so it cannot sign a record");
-        }
-        let profile = profile_for(&args, "unixfs-v1-2025")?;
-        let sink = MemoryBlocks::discarding();
-        let (root, entries) = import_with_progress(&args, &profile, &sink)?;
-        print_added(args.quiet, &root, &entries);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let repo = Repo::open(repo_path)?;
-    let profile = profile_for(&args, &repo.config().add.profile)?;
-    let batch = repo.store().batch();
-    let started = std::time::Instant::now();
-    let (root, entries) = import_with_progress(&args, &profile, &batch)?;
-    tracing::debug!(bytes = root.size, elapsed = ?started.elapsed(), "imported");
-    let pinned_before = !repo.store().pin_reasons(&root.cid)?.is_empty();
-    batch.commit_and_pin(&[root.cid], "user")?;
+/// `add --only-hash`: CIDs without storing anything, so without the daemon. The profile
+/// is the repository's default when there is a repository.
+pub fn add_only_hash(repo_path: &Path, args: AddArgs) -> Result<ExitCode> {
     if args.record.wants_record() {
-        let record = match super::publish::sign_for_content(&repo, root.cid, &args.record) {
-            Ok(record) => record,
-            Err(err) => {
-                // A refused record leaves the repository as it was: the content goes
-                // back to unpinned (gc may remove it) unless it was pinned before.
-                if !pinned_before {
-                    repo.store().unpin(&root.cid, Some("user"))?;
-                }
-                return Err(err.context(format!("{}: nothing was added", args.path.display())));
-            }
-        };
-        if args.quiet {
-            println!("{}\n{record}", root.cid);
-        } else {
-            print_added(false, &root, &entries);
-            println!("signed record {record}");
-        }
-        return Ok(ExitCode::SUCCESS);
+        bail!("--only-hash stores nothing, so it cannot sign a record");
     }
-    print_added(args.quiet, &root, &entries);
+    let config_path = repo_path.join("config.toml");
+    let default_profile = if config_path.is_file() {
+        oermesh::config::Config::load(&config_path)?.add.profile
+    } else {
+        oermesh::config::Config::default().add.profile
+    };
+    let profile = resolve_profile(&args.options(), &default_profile)?;
+    let sink = MemoryBlocks::discarding();
+    let bar = progress_bar(&args);
+    let mut entries = Vec::new();
+    let root = {
+        let mut on_entry = |path: &str, imported: &Imported| {
+            entries.push((path.to_string(), imported.cid));
+        };
+        let progress = |done| bar.set_position(done);
+        let mut builder = TreeBuilder::new(&profile, &sink, &mut on_entry, &progress);
+        importer::walk(&args.path, args.recursive, &mut builder)?;
+        builder.finish()?
+    };
+    bar.finish_and_clear();
+    print_added(args.quiet, &root.cid, &entries);
     Ok(ExitCode::SUCCESS)
 }
 
-type AddedEntries = Vec<(PathBuf, Cid)>;
-
-fn import_with_progress(
-    args: &AddArgs,
-    profile: &Profile,
-    sink: &impl BlockPut,
-) -> Result<(Imported, AddedEntries)> {
-    let bar = if super::show_progress() {
-        let total = importer::total_bytes(&args.path, args.recursive).unwrap_or(0);
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+pub fn add(service: &dyn Service, args: AddArgs) -> Result<ExitCode> {
+    let bar = progress_bar(&args);
     let mut entries = Vec::new();
-    let root = importer::import_path(
-        &args.path,
-        args.recursive,
-        profile,
-        sink,
-        &mut |relative: &Path, imported: &Imported| {
-            entries.push((relative.to_path_buf(), imported.cid))
+    let started = std::time::Instant::now();
+    let added = service.add(
+        &args.options(),
+        &mut |sink| walk_into(&args.path, args.recursive, sink),
+        &mut |event| match event {
+            AddEvent::Progress { bytes } => bar.set_position(bytes),
+            AddEvent::Entry { path, cid } => entries.push((path, cid)),
         },
-        &|done| bar.set_position(done),
-    )?;
+    );
     bar.finish_and_clear();
-    Ok((root, entries))
+    let outcome = match added {
+        Ok(outcome) => outcome,
+        // With a record asked for, a failure anywhere means the repository is as it was.
+        Err(err) if args.record.wants_record() => {
+            return Err(anyhow::Error::from(err)
+                .context(format!("{}: nothing was added", args.path.display())))
+        }
+        Err(err) => return Err(err.into()),
+    };
+    tracing::debug!(bytes = outcome.size, elapsed = ?started.elapsed(), "added");
+    for warning in &outcome.warnings {
+        eprintln!("warning: parent {}: {}", warning.parent, warning.message);
+    }
+    match outcome.record {
+        Some(record) if args.quiet => println!("{}\n{record}", outcome.root),
+        Some(record) => {
+            print_added(false, &outcome.root, &entries);
+            println!("signed record {record}");
+        }
+        None => print_added(args.quiet, &outcome.root, &entries),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn print_added(quiet: bool, root: &Imported, entries: &AddedEntries) {
+fn progress_bar(args: &AddArgs) -> ProgressBar {
+    if !super::show_progress() {
+        return ProgressBar::hidden();
+    }
+    let total = importer::total_bytes(&args.path, args.recursive).unwrap_or(0);
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn print_added(quiet: bool, root: &Cid, entries: &[(String, Cid)]) {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if quiet {
-        let _ = writeln!(out, "{}", root.cid);
+        let _ = writeln!(out, "{root}");
         return;
     }
     // Entries arrive children first, each named relative to the parent of the added
     // path, so the root comes last under its own name.
-    for (relative, cid) in entries {
-        let _ = writeln!(out, "added {cid} {}", relative.display());
+    for (path, cid) in entries {
+        let _ = writeln!(out, "added {cid} {path}");
     }
 }
 
-pub fn cat(repo: &Repo, path: &str) -> Result<ExitCode> {
+pub fn cat(service: &dyn Service, path: &str) -> Result<ExitCode> {
+    let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
-    let cid = reader::resolve(repo.store(), &root, &sub)?;
+    let cid = reader::resolve(&blocks, &root, &sub)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-    match reader::read_file(repo.store(), &cid, &mut out)
+    match reader::read_file(&blocks, &cid, &mut out)
         .map_err(anyhow::Error::from)
         .and_then(|_| Ok(out.flush()?))
     {
@@ -186,9 +186,10 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-pub fn get(repo: &Repo, path: &str, output: Option<PathBuf>) -> Result<ExitCode> {
+pub fn get(service: &dyn Service, path: &str, output: Option<PathBuf>) -> Result<ExitCode> {
+    let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
-    let cid = reader::resolve(repo.store(), &root, &sub)?;
+    let cid = reader::resolve(&blocks, &root, &sub)?;
     // Like `ipfs get`: named after the last path segment, or the CID itself.
     let dest = output.unwrap_or_else(|| {
         PathBuf::from(
@@ -197,17 +198,18 @@ pub fn get(repo: &Repo, path: &str, output: Option<PathBuf>) -> Result<ExitCode>
                 .map_or_else(|| root.to_string(), str::to_string),
         )
     });
-    reader::get_tree(repo.store(), &cid, &dest)?;
+    reader::get_tree(&blocks, &cid, &dest)?;
     println!("saved {cid} to {}", dest.display());
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn ls(repo: &Repo, path: &str) -> Result<ExitCode> {
+pub fn ls(service: &dyn Service, path: &str) -> Result<ExitCode> {
+    let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
-    let cid = reader::resolve(repo.store(), &root, &sub)?;
+    let cid = reader::resolve(&blocks, &root, &sub)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    for entry in reader::list_dir(repo.store(), &cid)? {
+    for entry in reader::list_dir(&blocks, &cid)? {
         let suffix = if entry.kind == reader::EntryKind::Directory {
             "/"
         } else {
@@ -222,33 +224,15 @@ pub fn ls(repo: &Repo, path: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn export(repo: &Repo, args: ExportArgs) -> Result<ExitCode> {
-    if let [only] = args.cids.as_slice() {
-        if let Ok(id) = only.parse::<oermesh::records::CollectionId>() {
-            return write_car(&args.output, |out| {
-                Ok(oermesh::transfer::export_collection(repo, &id, out)?)
-            });
-        }
-    }
-    let roots = args
-        .cids
-        .iter()
-        .map(|text| output::parse_cid(text))
-        .collect::<Result<Vec<_>>>()?;
-    for root in &roots {
-        if !repo.store().has(root)? {
-            bail!("cannot export {root}: it is not in the store");
-        }
-    }
-    write_car(&args.output, |out| {
-        Ok(car::export_dag(repo.store(), &roots, out)?)
-    })
+pub fn export(service: &dyn Service, args: ExportArgs) -> Result<ExitCode> {
+    let target = export_target(&args.cids)?;
+    write_car(&args.output, |out| Ok(service.export(&target, out)?))
 }
 
 /// Writes a CAR through a temp file, so a failed export leaves no partial file behind.
 fn write_car(
     path: &Path,
-    export: impl FnOnce(&mut BufWriter<File>) -> Result<car::ExportSummary>,
+    export: impl FnOnce(&mut dyn Write) -> Result<car::ExportSummary>,
 ) -> Result<ExitCode> {
     let tmp = path.with_extension("car.partial");
     let result = (|| -> Result<car::ExportSummary> {
@@ -278,23 +262,27 @@ fn write_car(
     }
 }
 
-pub fn import(repo: &Repo, path: &Path) -> Result<ExitCode> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let report = oermesh::transfer::import_car(repo, io::BufReader::with_capacity(1 << 20, file))
+pub fn import(service: &dyn Service, path: &Path) -> Result<ExitCode> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let report = service
+        .import(&mut file)
         .with_context(|| format!("{}: nothing was imported", path.display()))?;
     for root in &report.pinned {
         println!("imported {root}");
     }
-    for (id, seq, trusted) in &report.collections {
-        let note = if *trusted {
+    for collection in &report.collections {
+        let note = if collection.trusted {
             String::new()
         } else {
             format!(
                 " (publisher not trusted: `oermesh trust add {}` to trust it)",
-                id.publisher_did()
+                collection.publisher
             )
         };
-        println!("collection {id} version {seq}{note}");
+        println!(
+            "collection {} version {}{note}",
+            collection.id, collection.seq
+        );
     }
     if report.records > 0 || report.retractions > 0 {
         println!(

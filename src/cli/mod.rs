@@ -1,11 +1,14 @@
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use oermesh::repo::Repo;
+use oermesh::api::client::ApiClient;
+use oermesh::node::{Node, NodeError, Service};
+use oermesh::repo::{Repo, RepoError};
 
 mod files;
 mod output;
@@ -139,29 +142,64 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let repo_path = cli.repo.clone().unwrap_or_else(Repo::default_path);
     match cli.command {
         Command::Init => {
-            let repo = Repo::init(&repo_path)?;
+            let node = Node::init(&repo_path)?;
             println!(
                 "initialized oermesh repository at {}",
-                repo.root().display()
+                node.root().display()
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Add(args) => files::add(&repo_path, *args),
-        Command::Cat { path } => files::cat(&Repo::open(&repo_path)?, &path),
-        Command::Get { path, output } => files::get(&Repo::open(&repo_path)?, &path, output),
-        Command::Ls { path } => files::ls(&Repo::open(&repo_path)?, &path),
-        Command::Export(args) => files::export(&Repo::open(&repo_path)?, args),
-        Command::Import { file } => files::import(&Repo::open(&repo_path)?, &file),
         Command::Daemon(args) => daemon(&repo_path, args),
-        Command::Pin(command) => pin(&Repo::open(&repo_path)?, command),
-        Command::Key(command) => publish::key(&repo_path, command),
-        Command::Record(command) => publish::record(&repo_path, command),
-        Command::Provenance { cid } => publish::provenance(&repo_path, &cid),
-        Command::Collection(command) => publish::collection(&repo_path, command),
-        Command::Trust(command) => publish::trust(&repo_path, command),
+        Command::Add(args) if args.only_hash => files::add_only_hash(&repo_path, *args),
+        command => {
+            let service = connect(&repo_path)?;
+            run_command(service.as_ref(), command)
+        }
+    }
+}
+
+/// How long a command waits for a daemon that holds the repository but whose API is
+/// not up yet (it is starting).
+const DAEMON_START_WAIT: Duration = Duration::from_secs(10);
+
+/// The daemon holding the repository, if one runs; otherwise the repository itself.
+fn connect(repo_path: &Path) -> Result<Box<dyn Service>> {
+    if let Some(client) = ApiClient::find(repo_path)? {
+        return Ok(Box::new(client));
+    }
+    match Node::open(repo_path) {
+        Ok(node) => Ok(Box::new(node)),
+        Err(NodeError::Repo(locked @ RepoError::Locked { .. })) => {
+            let deadline = Instant::now() + DAEMON_START_WAIT;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                if let Some(client) = ApiClient::find(repo_path)? {
+                    return Ok(Box::new(client));
+                }
+            }
+            Err(locked.into())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn run_command(service: &dyn Service, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Init | Command::Daemon(_) => unreachable!("handled before connecting"),
+        Command::Add(args) => files::add(service, *args),
+        Command::Cat { path } => files::cat(service, &path),
+        Command::Get { path, output } => files::get(service, &path, output),
+        Command::Ls { path } => files::ls(service, &path),
+        Command::Export(args) => files::export(service, args),
+        Command::Import { file } => files::import(service, &file),
+        Command::Pin(command) => pin(service, command),
+        Command::Key(command) => publish::key(service, command),
+        Command::Record(command) => publish::record(service, command),
+        Command::Provenance { cid } => publish::provenance(service, &cid),
+        Command::Collection(command) => publish::collection(service, command),
+        Command::Trust(command) => publish::trust(service, command),
         Command::Gc => {
-            let repo = Repo::open(&repo_path)?;
-            let report = repo.gc()?;
+            let report = service.gc()?;
             println!(
                 "removed {} blocks and {} orphan files, freed {}",
                 report.blocks_removed,
@@ -171,9 +209,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stat => {
-            let repo = Repo::open(&repo_path)?;
-            let stat = repo.store().stat()?;
-            println!("repository  {}", repo.root().display());
+            let stat = service.stat()?;
+            println!("repository  {}", stat.repository);
             println!(
                 "blocks      {} ({} inline in the database)",
                 stat.blocks, stat.inline_blocks
@@ -188,8 +225,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify => {
-            let repo = Repo::open(&repo_path)?;
-            let report = repo.verify()?;
+            let report = service.verify()?;
             for damage in &report.damage {
                 println!("{damage}");
             }
@@ -212,12 +248,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn daemon(repo_path: &std::path::Path, args: DaemonArgs) -> Result<ExitCode> {
-    let (repo, created) = Repo::open_or_init(repo_path)?;
+fn daemon(repo_path: &Path, args: DaemonArgs) -> Result<ExitCode> {
+    let (node, created) = Node::open_or_init(repo_path)?;
     if created {
         println!(
             "initialized oermesh repository at {}",
-            repo.root().display()
+            node.root().display()
         );
     }
     let options = oermesh::daemon::DaemonOptions {
@@ -226,39 +262,29 @@ fn daemon(repo_path: &std::path::Path, args: DaemonArgs) -> Result<ExitCode> {
         mdns: args.no_mdns.then_some(false),
         static_peers: (!args.peers.is_empty()).then_some(args.peers),
     };
-    tokio::runtime::Runtime::new()?.block_on(oermesh::daemon::run(repo, options))?;
+    tokio::runtime::Runtime::new()?.block_on(oermesh::daemon::run(node, options))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn pin(repo: &Repo, command: PinCommand) -> Result<ExitCode> {
-    let store = repo.store();
+fn pin(service: &dyn Service, command: PinCommand) -> Result<ExitCode> {
     match command {
         PinCommand::Ls => {
             let mut out = std::io::stdout().lock();
-            for (cid, reasons) in store.pins()? {
-                writeln!(out, "{cid} {}", reasons.join(","))?;
+            for pin in service.pins()? {
+                writeln!(out, "{} {}", pin.cid, pin.reasons.join(","))?;
             }
         }
         PinCommand::Add { cids } => {
             for text in cids {
                 let cid = output::parse_cid(&text)?;
-                if !store.has(&cid)? {
-                    anyhow::bail!("cannot pin {cid}: its root block is not in the store (add or import it first)");
-                }
-                store.pin(&cid, "user")?;
+                service.pin_add(&cid)?;
                 println!("pinned {cid}");
             }
         }
         PinCommand::Rm { cids } => {
             for text in cids {
                 let cid = output::parse_cid(&text)?;
-                let before = store.pin_reasons(&cid)?;
-                if before.is_empty() {
-                    anyhow::bail!("{cid} is not pinned");
-                }
-                let left = store
-                    .unpin(&cid, Some("user"))
-                    .and_then(|_| store.unpin(&cid, Some("import")))?;
+                let left = service.pin_rm(&cid)?;
                 if left.is_empty() {
                     println!("unpinned {cid}");
                 } else {

@@ -1,22 +1,15 @@
 //! Commands of the record layer: keys, records, provenance, collections, trust.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
-use cid::Cid;
+use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use ed25519_dalek::SigningKey;
 
 use oermesh::keys;
-use oermesh::records::book::RecordView;
+use oermesh::node::{HistoryRow, RecordFields, RecordShow, RecordView, Service};
 use oermesh::records::provenance;
-use oermesh::records::{
-    Author, BasedOn, CollectionId, Educational, Entry, RecordBook, RecordDraft, RecordError,
-};
-use oermesh::repo::Repo;
-use oermesh::store::Store;
 
 use super::output;
 
@@ -156,133 +149,56 @@ impl RecordArgs {
     pub fn wants_record(&self) -> bool {
         self.title.is_some() || self.license.is_some() || !self.author.is_empty()
     }
-}
 
-/// The publisher key named, or the only one there is.
-fn signing_key(repo: &Repo, name: Option<&str>) -> Result<(String, SigningKey)> {
-    let dir = repo.keys_dir();
-    let name = match name {
-        Some(name) => name.to_string(),
-        None => {
-            let known = keys::list(&dir)?;
-            match known.as_slice() {
-                [] => bail!("no publisher key yet: create one with `oermesh key gen NAME`"),
-                [only] => only.name.clone(),
-                several => bail!(
-                    "several publisher keys ({}): choose one with --key",
-                    several
-                        .iter()
-                        .map(|k| k.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
+    pub fn fields(&self) -> RecordFields {
+        RecordFields {
+            title: self.title.clone(),
+            license: self.license.clone(),
+            license_url: self.license_url.clone(),
+            authors: self.author.clone(),
+            source: self.source.clone(),
+            based_on: self.based_on.clone(),
+            changes: self.changes.clone(),
+            language: self.language.clone(),
+            description: self.description.clone(),
+            resource_types: self.resource_type.clone(),
+            levels: self.level.clone(),
+            age: self.age.clone(),
+            teaches: self.teaches.clone(),
+            subjects: self.subject.clone(),
+            time_required: self.time_required.clone(),
+            key: self.key.clone(),
         }
-    };
-    let key = keys::load(&dir, &name)?;
-    Ok((name, key))
-}
-
-fn parse_author(text: &str) -> Result<Author> {
-    let text = text.trim();
-    if let Some((name, rest)) = text.split_once('<') {
-        let url = rest
-            .strip_suffix('>')
-            .ok_or_else(|| anyhow!("author `{text}`: expected \"Name <URL>\""))?;
-        Ok(Author {
-            name: name.trim().to_string(),
-            url: Some(url.trim().to_string()),
-        })
-    } else {
-        Ok(Author {
-            name: text.to_string(),
-            url: None,
-        })
     }
 }
 
-/// Signs the record `add` was asked for. Returns the record CID.
-pub fn sign_for_content(repo: &Repo, content: Cid, args: &RecordArgs) -> Result<Cid> {
-    let title = args
-        .title
-        .clone()
-        .ok_or_else(|| anyhow!("a record needs --title"))?;
-    let licence = args
-        .license
-        .clone()
-        .ok_or_else(|| anyhow!("a record needs --license (an SPDX id such as CC-BY-4.0)"))?;
-    if args.author.is_empty() {
-        bail!("a record needs at least one --author");
-    }
-    let authors = args
-        .author
-        .iter()
-        .map(|a| parse_author(a))
-        .collect::<Result<Vec<_>>>()?;
-    let based_on = args
-        .based_on
-        .iter()
-        .map(|text| {
-            Ok(BasedOn {
-                record: output::parse_cid(text)?,
-                note: args.changes.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let draft = RecordDraft {
-        content,
-        title,
-        description: args.description.clone(),
-        language: args.language.clone().unwrap_or_else(|| "und".to_string()),
-        authors,
-        licence,
-        licence_url: args.license_url.clone(),
-        source: args.source.clone(),
-        based_on,
-        educational: Educational {
-            learning_resource_type: args.resource_type.clone(),
-            educational_level: args.level.clone(),
-            educational_use: Vec::new(),
-            typical_age_range: args.age.clone(),
-            teaches: args.teaches.clone(),
-            subjects: args.subject.clone(),
-            time_required: args.time_required.clone(),
-        },
-        created: None,
-    };
-    let (_, key) = signing_key(repo, args.key.as_deref())?;
-    let signed = repo.records()?.sign_record(&key, draft)?;
-    repo.store().flush()?;
-    for warning in &signed.warnings {
-        eprintln!("warning: parent {}: {}", warning.parent, warning.message);
-    }
-    Ok(signed.cid)
-}
-
-pub fn key(repo_path: &Path, command: KeyCommand) -> Result<ExitCode> {
-    let repo = Repo::open(repo_path)?;
-    let dir = repo.keys_dir();
+pub fn key(service: &dyn Service, command: KeyCommand) -> Result<ExitCode> {
     match command {
         KeyCommand::Gen { name } => {
-            let info = keys::generate(&dir, &name)?;
+            let info = service.key_gen(&name)?;
             println!("{} {}", info.name, info.did);
         }
         KeyCommand::List => {
-            for info in keys::list(&dir)? {
+            for info in service.key_list()? {
                 println!("{} {}", info.name, info.did);
             }
         }
         KeyCommand::Export { name, output } => {
-            let info = keys::export(&dir, &name, &output)?;
+            let exported = service.key_export(&name)?;
+            let key = keys::parse_key_file_text(&exported.key_file)
+                .map_err(|reason| anyhow!("the exported key is not valid: {reason}"))?;
+            keys::write_key_file(&output, &key)?;
             println!(
                 "exported {} ({}) to {}; keep this file secret",
-                info.name,
-                info.did,
+                exported.name,
+                exported.did,
                 output.display()
             );
         }
         KeyCommand::Import { file, name } => {
-            let info = keys::import(&dir, &file, name.as_deref())?;
+            let name = keys::import_name(&file, name.as_deref())?;
+            let key = keys::read_key_for_import(&file)?;
+            let info = service.key_import(&name, &keys::key_file_text(&key))?;
             println!("{} {}", info.name, info.did);
         }
     }
@@ -298,15 +214,14 @@ fn trust_mark(trusted: bool) -> &'static str {
 }
 
 fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
-    let record = &view.record;
     writeln!(out, "record       {}", view.cid)?;
-    writeln!(out, "content      {}", record.content)?;
-    writeln!(out, "title        {}", record.title)?;
-    if let Some(description) = &record.description {
+    writeln!(out, "content      {}", view.content)?;
+    writeln!(out, "title        {}", view.title)?;
+    if let Some(description) = &view.description {
         writeln!(out, "description  {description}")?;
     }
-    writeln!(out, "language     {}", record.language)?;
-    let authors: Vec<String> = record
+    writeln!(out, "language     {}", view.language)?;
+    let authors: Vec<String> = view
         .authors
         .iter()
         .map(|a| match &a.url {
@@ -315,23 +230,21 @@ fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
         })
         .collect();
     writeln!(out, "authors      {}", authors.join(", "))?;
-    match record.parsed_licence() {
-        Ok(licence) => writeln!(
+    match (&view.licence.name, &view.licence.url) {
+        (Some(name), Some(url)) => writeln!(
             out,
-            "licence      {} ({}) {}",
-            licence.name(),
-            licence.spdx_id(),
-            licence.url()
+            "licence      {name} ({}) {url}",
+            view.licence.id
         )?,
-        Err(_) => writeln!(out, "licence      {}", record.licence)?,
+        _ => writeln!(out, "licence      {}", view.licence.id)?,
     }
-    if let Some(source) = &record.source {
+    if let Some(source) = &view.source {
         writeln!(out, "source       {source}")?;
     }
-    for parent in &record.based_on {
+    for parent in &view.based_on {
         writeln!(out, "based on     {} ({})", parent.record, parent.note)?;
     }
-    let ed = &record.educational;
+    let ed = &view.educational;
     let mut educational = Vec::new();
     for (label, values) in [
         ("type", &ed.learning_resource_type),
@@ -353,11 +266,11 @@ fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
     if !educational.is_empty() {
         writeln!(out, "educational  {}", educational.join("; "))?;
     }
-    writeln!(out, "created      {}", record.created)?;
+    writeln!(out, "created      {}", view.created)?;
     writeln!(
         out,
         "publisher    {} ({})",
-        record.publisher,
+        view.publisher,
         trust_mark(view.trusted)
     )?;
     writeln!(out, "signature    valid")?;
@@ -368,68 +281,55 @@ fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
     Ok(())
 }
 
-pub fn record(repo_path: &Path, command: RecordCommand) -> Result<ExitCode> {
-    let repo = Repo::open(repo_path)?;
-    let book = repo.records()?;
+pub fn record(service: &dyn Service, command: RecordCommand) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
         RecordCommand::Show { cid } => {
             let cid = output::parse_cid(&cid)?;
-            if cid.codec() == oermesh::block::codec::DAG_CBOR {
-                print_record(&mut out, &book.show_record(&cid)?)?;
-            } else {
-                let listings = book.records_for_content(&cid)?;
-                if listings.is_empty() {
-                    bail!("no record describes {cid}");
+            for (index, shown) in service.record_show(&cid)?.iter().enumerate() {
+                if index > 0 {
+                    writeln!(out)?;
                 }
-                for (index, listing) in listings.iter().enumerate() {
-                    if index > 0 {
-                        writeln!(out)?;
-                    }
-                    match book.show_record(&listing.cid) {
-                        Ok(view) => print_record(&mut out, &view)?,
-                        Err(err) => writeln!(
-                            out,
-                            "record       {}\nsignature    INVALID: {err}",
-                            listing.cid
-                        )?,
-                    }
+                match shown {
+                    RecordShow::Valid(view) => print_record(&mut out, view)?,
+                    RecordShow::Invalid { cid, reason } => writeln!(
+                        out,
+                        "record       {cid}\nsignature    INVALID: {reason}"
+                    )?,
                 }
             }
         }
         RecordCommand::Verify { cid } => {
             let cid = output::parse_cid(&cid)?;
-            let record = book
-                .verify_record(&cid)
-                .with_context(|| format!("record {cid} does not verify"))?;
-            let trusted = book.is_trusted(&record.publisher);
+            let check = service.record_verify(&cid)?;
             writeln!(
                 out,
                 "{cid}: valid signature by {} ({})",
-                record.publisher,
-                trust_mark(trusted)
+                check.publisher,
+                trust_mark(check.trusted)
             )?;
-            if book.is_retracted(&cid)? {
+            if check.retracted {
                 writeln!(out, "{cid}: retracted by its publisher")?;
                 return Ok(ExitCode::FAILURE);
             }
         }
         RecordCommand::Retract { cid, reason, key } => {
             let cid = output::parse_cid(&cid)?;
-            let (_, key) = signing_key(&repo, key.as_deref())?;
-            let retraction = book.retract(&key, &cid, &reason)?;
-            repo.store().flush()?;
-            writeln!(out, "retracted {cid} (retraction {retraction})")?;
+            let retracted = service.record_retract(&cid, &reason, key.as_deref())?;
+            writeln!(
+                out,
+                "retracted {} (retraction {})",
+                retracted.record, retracted.retraction
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn provenance(repo_path: &Path, cid: &str) -> Result<ExitCode> {
-    let repo = Repo::open(repo_path)?;
+pub fn provenance(service: &dyn Service, cid: &str) -> Result<ExitCode> {
     let cid = output::parse_cid(cid)?;
-    let tree = repo.records()?.provenance(&cid);
+    let tree = service.provenance(&cid)?;
     let ok = matches!(tree.status, provenance::NodeStatus::Verified);
     print!("{}", provenance::render(&tree));
     Ok(if ok {
@@ -439,37 +339,13 @@ pub fn provenance(repo_path: &Path, cid: &str) -> Result<ExitCode> {
     })
 }
 
-fn parse_collection_id(text: &str) -> Result<CollectionId> {
-    text.trim()
-        .parse::<CollectionId>()
-        .map_err(|err| anyhow!("{err}"))
-}
-
-/// A record CID, or content that exactly one record describes.
-fn entry_record(book: &RecordBook<Store>, text: &str) -> Result<Cid> {
-    let cid = output::parse_cid(text)?;
-    if book.summary(&cid)?.is_some() {
-        return Ok(cid);
-    }
-    let listings = book.records_for_content(&cid)?;
-    match listings.as_slice() {
-        [only] => Ok(only.cid),
-        [] => bail!("{cid} is neither a known record nor content with a record: sign one with `oermesh add --title ...`"),
-        _ => bail!("{cid} has several records: name the record CID (see `oermesh record show {cid}`)"),
-    }
-}
-
-pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCode> {
-    let repo = Repo::open(repo_path)?;
-    let book = repo.records()?;
+pub fn collection(service: &dyn Service, command: CollectionCommand) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
         CollectionCommand::Create { name, key } => {
-            let (key_name, key) = signing_key(&repo, key.as_deref())?;
-            let id = book.create_collection(&name, &key_name, &key.verifying_key())?;
-            repo.store().flush()?;
-            writeln!(out, "created {name}: its id will be {id}")?;
+            let created = service.collection_create(&name, key.as_deref())?;
+            writeln!(out, "created {}: its id will be {}", created.name, created.id)?;
         }
         CollectionCommand::Add {
             name,
@@ -477,34 +353,21 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
             path,
             title,
         } => {
-            if cids.len() > 1 && (path.is_some() || title.is_some()) {
-                bail!("--path and --title apply to one entry: add one CID at a time to set them");
-            }
-            let mut entries = Vec::with_capacity(cids.len());
-            for text in &cids {
-                let mut entry = Entry::new(entry_record(&book, text)?);
-                entry.path = path.clone();
-                entry.title = title.clone();
-                entries.push(entry);
-            }
-            let outcome = book.add_entries(&name, entries)?;
-            repo.store().flush()?;
-            writeln!(out, "{name}: {} entries (not yet published)", outcome.count)?;
+            let edited =
+                service.collection_add(&name, &cids, path.as_deref(), title.as_deref())?;
+            writeln!(
+                out,
+                "{}: {} entries (not yet published)",
+                edited.name, edited.count
+            )?;
         }
         CollectionCommand::Rm { name, cid } => {
             let cid = output::parse_cid(&cid)?;
-            if !book.remove_entry(&name, &cid)? {
-                bail!("{cid} is not in collection {name}");
-            }
-            repo.store().flush()?;
+            service.collection_rm(&name, &cid)?;
             writeln!(out, "removed {cid} from {name} (not yet published)")?;
         }
         CollectionCommand::Publish { name } => {
-            let info = book.draft_info(&name)?;
-            let key = keys::load(&repo.keys_dir(), &info.state.key_name)?;
-            let published = book.publish(&name, &key)?;
-            book.warm_listing(&published.id);
-            repo.store().flush()?;
+            let published = service.collection_publish(&name)?;
             writeln!(out, "{}", published.id)?;
             eprintln!(
                 "published version {} of {name} ({} entries), head {}",
@@ -512,18 +375,12 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
             );
         }
         CollectionCommand::Show { id } => {
-            let id = parse_collection_id(&id)?;
-            let view = book.collection_show(&id).map_err(|err| match err {
-                RecordError::UnknownCollection(_) => {
-                    anyhow!("no published version of {id} is known here")
-                }
-                other => other.into(),
-            })?;
+            let view = service.collection_show(&id)?;
             writeln!(out, "collection  {}", view.id)?;
             writeln!(
                 out,
                 "publisher   {} ({})",
-                view.id.publisher_did(),
+                view.publisher,
                 trust_mark(view.trusted)
             )?;
             writeln!(out, "version     {} of {}", view.seq, view.time)?;
@@ -533,32 +390,23 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
                 writeln!(out, "retracted   {} entries hidden", view.retracted_hidden)?;
             }
             for entry in &view.entries {
-                let licence = entry
-                    .summary
-                    .as_ref()
-                    .map(|s| s.licence.as_str())
-                    .unwrap_or("(record not here)");
-                let title = entry.title().unwrap_or("");
+                let licence = entry.licence.as_deref().unwrap_or("(record not here)");
+                let title = entry.title.as_deref().unwrap_or("");
                 let path = entry
-                    .entry
                     .path
                     .as_deref()
                     .map(|p| format!(" [{p}]"))
                     .unwrap_or_default();
-                writeln!(out, "{}  {licence}  {title}{path}", entry.entry.record)?;
+                writeln!(out, "{}  {licence}  {title}{path}", entry.record)?;
             }
         }
         CollectionCommand::List => {
-            for listing in book.collection_list()? {
-                let version = match listing.newest {
-                    Some((seq, _)) => format!("version {seq}"),
+            for listing in service.collection_list()? {
+                let version = match listing.seq {
+                    Some(seq) => format!("version {seq}"),
                     None => "not published".to_string(),
                 };
-                let own = if listing.draft.is_some() {
-                    ", yours"
-                } else {
-                    ""
-                };
+                let own = if listing.own { ", yours" } else { "" };
                 writeln!(
                     out,
                     "{}  {version}  ({}{own})",
@@ -568,20 +416,18 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
             }
         }
         CollectionCommand::History { id } => {
-            let id = parse_collection_id(&id)?;
-            for step in book.history(&id)? {
+            for step in service.collection_history(&id)? {
                 match step {
-                    oermesh::records::book::HistoryEntry::Version {
+                    HistoryRow::Version {
                         cid,
                         seq,
                         time,
                         entry_count,
-                        ..
                     } => writeln!(out, "{seq:>6}  {time}  {entry_count} entries  {cid}")?,
-                    oermesh::records::book::HistoryEntry::Missing { cid } => {
+                    HistoryRow::Missing { cid } => {
                         writeln!(out, "     ?  earlier versions not held here (next: {cid})")?
                     }
-                    oermesh::records::book::HistoryEntry::Invalid { cid, reason } => {
+                    HistoryRow::Invalid { cid, reason } => {
                         writeln!(out, "     !  {cid} is not a valid version: {reason}")?
                     }
                 }
@@ -591,41 +437,18 @@ pub fn collection(repo_path: &Path, command: CollectionCommand) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn trust(repo_path: &Path, command: TrustCommand) -> Result<ExitCode> {
-    let mut repo = Repo::open(repo_path)?;
-    let mut publishers = repo.config().trust.publishers.clone();
-    let normalize = |text: &str| -> Result<String> {
-        let text = text.trim();
-        if text.starts_with("did:key:") {
-            let key = keys::parse_did_key(text)?;
-            Ok(keys::did_key(&key))
-        } else {
-            Ok(parse_collection_id(text)
-                .map_err(|_| anyhow!("`{text}` is neither a did:key nor a collection id"))?
-                .publisher_did())
-        }
-    };
+pub fn trust(service: &dyn Service, command: TrustCommand) -> Result<ExitCode> {
     match command {
         TrustCommand::Add { publisher } => {
-            let did = normalize(&publisher)?;
-            if !publishers.contains(&did) {
-                publishers.push(did.clone());
-                repo.set_trusted(publishers)?;
-            }
+            let did = service.trust_add(&publisher)?;
             println!("trusting {did}");
         }
         TrustCommand::Rm { publisher } => {
-            let did = normalize(&publisher)?;
-            let before = publishers.len();
-            publishers.retain(|p| *p != did);
-            if publishers.len() == before {
-                bail!("{did} is not trusted");
-            }
-            repo.set_trusted(publishers)?;
+            let did = service.trust_rm(&publisher)?;
             println!("no longer trusting {did}");
         }
         TrustCommand::List => {
-            for did in publishers {
+            for did in service.trust_list()? {
                 println!("{did}");
             }
         }

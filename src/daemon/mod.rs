@@ -1,10 +1,14 @@
 //! `oermesh daemon`: the node's long-running job.
 //!
-//! Two tasks share the repository's store: the network event loop ([`net`]) and the
-//! web server ([`http`]). [`Daemon`] starts both, reports where they listen, and
-//! stops them together; [`run`] adds the start-up line and signal handling.
+//! The daemon owns the node. Three kinds of task share it: the network event loop
+//! ([`net`]), the web server for browsers ([`http`]), and the local API
+//! ([`crate::api::server`]) through which every other `oermesh` command works while the
+//! daemon runs. Store work runs on one bounded [`pool::BlockingPool`], never on the
+//! event loop or the async threads. [`Daemon`] starts them, reports where they listen,
+//! and stops them together; [`run`] adds the start-up line and signal handling.
 
 pub mod http;
+pub mod pool;
 pub mod net;
 
 use std::net::SocketAddr;
@@ -16,10 +20,13 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::DaemonSection;
-use crate::repo::Repo;
+use crate::api::fds::FdRegistry;
+use crate::api::server::{self as api_server, ApiState};
+use crate::config::{ApiSection, DaemonSection};
+use crate::node::{Node, NodeError};
 use crate::store::StoreError;
 use net::{Client, NetConfig, NetError};
+use pool::BlockingPool;
 
 /// How long shutdown lets browsers finish their requests before cutting them off.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +53,14 @@ pub enum DaemonError {
     #[error("the {0} task stopped unexpectedly")]
     TaskEnded(&'static str),
     #[error(transparent)]
-    Repo(#[from] Box<crate::repo::RepoError>),
+    Node(#[from] Box<NodeError>),
+    #[error("cannot serve the API on {addr}: {source}")]
+    Api {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("config key api.socket_group: no group named {0:?}")]
+    NoSuchGroup(String),
 }
 
 /// Settings given on the command line; each one that is set replaces the value
@@ -103,8 +117,10 @@ impl DaemonOptions {
 /// A running node. Dropping it tells the tasks to stop without waiting for them;
 /// [`Daemon::shutdown`] also waits, flushes the store and releases the repository.
 pub struct Daemon {
-    repo: Repo,
+    node: Node,
     peer_id: PeerId,
+    api_socket: PathBuf,
+    api_tcp_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
     listen_addrs: Vec<Multiaddr>,
     client: Client,
@@ -112,13 +128,16 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     net_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
+    api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Daemon {
-    /// Starts the network and the web server and returns once both are listening.
-    pub async fn start(repo: Repo, options: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let settings = options.resolve(&repo.config().daemon)?;
-        let keypair = net::read_node_key(&repo.node_key_path())?;
+    /// Starts the network, the web server and the local API, and returns once all are
+    /// listening. On failure everything started is stopped again and the node released.
+    pub async fn start(node: Node, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let config = node.config();
+        let settings = options.resolve(&config.daemon)?;
+        let keypair = net::read_node_key(&node.node_key_path())?;
         let peer_id = keypair.public().to_peer_id();
         let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
             .await
@@ -132,24 +151,60 @@ impl Daemon {
                 addr: settings.http_listen.clone(),
                 source,
             })?;
-        let (client, event_loop, listen_addrs) = net::start(keypair, settings.net).await?;
+        let api_tcp = bind_api_tcp(node.root(), &config.api).await?;
+        let group = socket_group(&config.api)?;
+        let (api_listener, api_socket) =
+            api_server::bind_unix(node.root(), group).map_err(|source| DaemonError::Api {
+                addr: node.root().join(crate::api::SOCKET_NAME).display().to_string(),
+                source,
+            })?;
+        let (client, event_loop, listen_addrs) = match net::start(keypair, settings.net).await {
+            Ok(started) => started,
+            Err(err) => {
+                let _ = std::fs::remove_file(&api_socket);
+                return Err(err.into());
+            }
+        };
 
         let (shutdown, shutdown_signal) = watch::channel(false);
         let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
         let page_state = Arc::new(http::PageState::new(
             peer_id,
-            repo.store().clone(),
-            repo.trusted_publishers().map_err(Box::new)?,
+            node.store().clone(),
+            node.records().trusted().clone(),
             client.clone(),
         ));
         let http_task = tokio::spawn(http::serve(
             http_listener,
             page_state.clone(),
-            shutdown_signal,
+            shutdown_signal.clone(),
         ));
+        let api_state = ApiState {
+            node: node.clone(),
+            pool: BlockingPool::new(pool::DEFAULT_POOL_SIZE),
+            fds: Arc::new(FdRegistry::default()),
+        };
+        let mut api_tasks = vec![tokio::spawn(api_server::serve_unix(
+            api_listener,
+            api_socket.clone(),
+            api_state.clone(),
+            shutdown_signal.clone(),
+        ))];
+        let mut api_tcp_addr = None;
+        if let Some((listener, token)) = api_tcp {
+            api_tcp_addr = listener.local_addr().ok();
+            api_tasks.push(tokio::spawn(api_server::serve_tcp(
+                listener,
+                api_state,
+                token,
+                shutdown_signal,
+            )));
+        }
         Ok(Daemon {
-            repo,
+            node,
             peer_id,
+            api_socket,
+            api_tcp_addr,
             http_addr,
             listen_addrs,
             client,
@@ -157,6 +212,7 @@ impl Daemon {
             shutdown,
             net_task: Some(net_task),
             http_task: Some(http_task),
+            api_tasks,
         })
     }
 
@@ -192,7 +248,21 @@ impl Daemon {
     }
 
     pub fn repo_root(&self) -> PathBuf {
-        self.repo.root().to_path_buf()
+        self.node.root().to_path_buf()
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The local API's Unix socket.
+    pub fn api_socket(&self) -> &std::path::Path {
+        &self.api_socket
+    }
+
+    /// The local API's TCP address, when `api.listen` is set.
+    pub fn api_tcp_addr(&self) -> Option<SocketAddr> {
+        self.api_tcp_addr
     }
 
     /// The one line printed at start: repository, identity, addresses, web page.
@@ -208,7 +278,7 @@ impl Daemon {
         };
         format!(
             "oermesh daemon: repository {}, peer {}, listening on {}, web page {}",
-            self.repo.root().display(),
+            self.node.root().display(),
             self.peer_id,
             listen,
             self.page_url()
@@ -221,6 +291,19 @@ impl Daemon {
         let (Some(net_task), Some(http_task)) = (self.net_task.as_mut(), self.http_task.as_mut())
         else {
             return DaemonError::TaskEnded("daemon");
+        };
+        let api_tasks = &mut self.api_tasks;
+        let api_ended = async {
+            if api_tasks.is_empty() {
+                return std::future::pending().await;
+            }
+            let (result, index, _) = futures_util::future::select_all(api_tasks.iter_mut()).await;
+            match result {
+                Ok(Err(err)) => tracing::error!(%err, "API server failed"),
+                Err(err) => tracing::error!(%err, "API server task failed"),
+                Ok(Ok(())) => {}
+            }
+            index
         };
         let which = tokio::select! {
             result = net_task => {
@@ -235,11 +318,15 @@ impl Daemon {
                 }
                 "web server"
             }
+            index = api_ended => {
+                self.api_tasks.remove(index);
+                "API"
+            }
         };
-        if which == "network" {
-            self.net_task = None;
-        } else {
-            self.http_task = None;
+        match which {
+            "network" => self.net_task = None,
+            "web server" => self.http_task = None,
+            _ => {}
         }
         DaemonError::TaskEnded(which)
     }
@@ -262,11 +349,21 @@ impl Daemon {
                 }
             }
         }
-        // axum reports its connections closed just before their tasks drop the
-        // router, and the router holds a store handle: wait for those last handles,
-        // so that the store is released when shutdown returns.
+        for api_task in self.api_tasks.drain(..) {
+            match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, api_task).await {
+                Ok(Ok(Err(err))) => tracing::warn!(%err, "API server stopped with an error"),
+                Ok(Err(err)) => tracing::warn!(%err, "API server task failed"),
+                Ok(Ok(Ok(()))) => {}
+                Err(_) => tracing::warn!("API requests still open after {HTTP_DRAIN_TIMEOUT:?}"),
+            }
+        }
+        // axum reports its connections closed just before their tasks drop the router,
+        // and work on the blocking pool may still be finishing: wait for those last
+        // handles, so that the repository is released when shutdown returns.
         let deadline = tokio::time::Instant::now() + HTTP_DRAIN_TIMEOUT;
-        while Arc::strong_count(&self.page_state) > 1 && tokio::time::Instant::now() < deadline {
+        while (Arc::strong_count(&self.page_state) > 1 || self.node.handles() > 1)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if let Some(net_task) = self.net_task.take() {
@@ -274,7 +371,8 @@ impl Daemon {
                 tracing::warn!(%err, "network task failed");
             }
         }
-        let store = self.repo.store().clone();
+        let _ = std::fs::remove_file(&self.api_socket);
+        let store = self.node.store().clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(flushed) => flushed?,
             Err(_) => return Err(DaemonError::TaskEnded("store flush")),
@@ -283,9 +381,40 @@ impl Daemon {
     }
 }
 
+/// Binds the TCP API when `api.listen` is set, with its token.
+async fn bind_api_tcp(
+    root: &std::path::Path,
+    config: &ApiSection,
+) -> Result<Option<(tokio::net::TcpListener, String)>, DaemonError> {
+    if config.listen.trim().is_empty() {
+        return Ok(None);
+    }
+    let api_error = |source| DaemonError::Api {
+        addr: config.listen.clone(),
+        source,
+    };
+    let token = api_server::load_or_create_token(root).map_err(api_error)?;
+    let listener = tokio::net::TcpListener::bind(config.listen.trim())
+        .await
+        .map_err(api_error)?;
+    Ok(Some((listener, token)))
+}
+
+/// The group id for `api.socket_group`, when set.
+fn socket_group(config: &ApiSection) -> Result<Option<u32>, DaemonError> {
+    let name = config.socket_group.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+        _ => Err(DaemonError::NoSuchGroup(name.to_string())),
+    }
+}
+
 /// Runs the node until Ctrl-C or SIGTERM, then shuts down cleanly.
-pub async fn run(repo: Repo, options: DaemonOptions) -> Result<(), DaemonError> {
-    let mut daemon = Daemon::start(repo, options).await?;
+pub async fn run(node: Node, options: DaemonOptions) -> Result<(), DaemonError> {
+    let mut daemon = Daemon::start(node, options).await?;
     println!("{}", daemon.summary());
     tokio::select! {
         signal = stop_signal() => {

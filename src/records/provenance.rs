@@ -16,7 +16,8 @@ pub const DEFAULT_MAX_DEPTH: usize = 32;
 /// A bound on the work one walk does, whatever the shape of the graph.
 pub const MAX_NODES: usize = 10_000;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
 pub enum NodeStatus {
     /// Decoded strictly and the signature verified.
     Verified,
@@ -32,8 +33,9 @@ pub enum NodeStatus {
     Truncated,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProvenanceNode {
+    #[serde(with = "crate::block::cid_text")]
     pub cid: Cid,
     /// What the child changed, from the child's `is-based-on` entry (none for the root).
     pub change_note: Option<String>,

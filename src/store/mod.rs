@@ -75,7 +75,7 @@ pub enum StoreError {
 }
 
 /// What `gc` removed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     pub blocks_removed: u64,
     pub bytes_freed: u64,

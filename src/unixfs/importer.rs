@@ -60,6 +60,10 @@ pub enum ImportError {
     NameNotUtf8(PathBuf),
     #[error("cannot store a block: {0}")]
     Store(#[from] BlockError),
+    #[error("entry {path:?}: {reason}")]
+    BadEntryPath { path: String, reason: String },
+    #[error("nothing to add: the tree has no entries")]
+    EmptyTree,
 }
 
 /// Bytes read per batch: large enough to keep both cores hashing while the next batch is
@@ -77,39 +81,82 @@ pub fn import_reader<R: Read + Send>(
     import_stream(reader, 0, profile, sink, &ImportError::Input, progress)
 }
 
-/// Imports a file, or with `recursive` a folder and everything in it. `on_entry` is called
-/// for every file and folder once its CID is known, with its path relative to the parent
-/// of `path` (so the root itself is reported as its own name, last). `progress` receives
-/// the file bytes read so far across the whole import; [`total_bytes`] gives the total.
+/// Imports a file, or with `recursive` a folder and everything in it: [`walk`] feeding a
+/// [`TreeBuilder`]. `on_entry` is called for every file and folder once its CID is known,
+/// with its path relative to the parent of `path` (so the root itself is reported as its
+/// own name, last). `progress` receives the file bytes read so far across the whole
+/// import; [`total_bytes`] gives the total.
 pub fn import_path(
     path: &Path,
     recursive: bool,
     profile: &Profile,
     sink: &impl BlockPut,
-    on_entry: &mut dyn FnMut(&Path, &Imported),
+    on_entry: &mut dyn FnMut(&str, &Imported),
     progress: &dyn Fn(u64),
 ) -> Result<Imported, ImportError> {
+    let mut builder = TreeBuilder::new(profile, sink, on_entry, progress);
+    walk(path, recursive, &mut builder)?;
+    builder.finish()
+}
+
+/// Receives a tree in depth-first order, each folder before what it holds: what [`walk`]
+/// produces and [`TreeBuilder`] (or anything sending a tree elsewhere) consumes. Paths are
+/// relative, `/`-separated, and start with the root's own name.
+pub trait TreeSink {
+    fn dir(&mut self, path: &str) -> Result<(), ImportError>;
+    /// A regular file, open for reading; `source` is its path on disk, for messages.
+    fn file(&mut self, path: &str, file: &mut File, size: u64, source: &Path)
+        -> Result<(), ImportError>;
+}
+
+/// Walks `path` (a file, or with `recursive` a folder tree) by the folder rules above and
+/// hands each entry to `sink`: entries of a folder in byte order of their names.
+pub fn walk(path: &Path, recursive: bool, sink: &mut dyn TreeSink) -> Result<(), ImportError> {
     let metadata = metadata_of(path)?;
-    let root_name = PathBuf::from(display_name(path)?);
-    let mut walk = Walk {
-        profile,
-        sink,
-        on_entry,
-        progress,
-        bytes_done: 0,
-        ancestors: Vec::new(),
-    };
+    let root_name = display_name(path)?;
     if metadata.is_dir() {
         if !recursive {
             return Err(ImportError::IsDirectory(path.to_path_buf()));
         }
-        walk.directory(path, &root_name, &metadata)
-            .map(|(imported, _)| imported)
+        walk_folder(path, &root_name, &metadata, sink, &mut Vec::new())
     } else if metadata.is_file() {
-        walk.file(path, &root_name, &metadata)
+        walk_file(path, &root_name, &metadata, sink)
     } else {
         Err(ImportError::NotAFileOrFolder(path.to_path_buf()))
     }
+}
+
+fn walk_file(
+    path: &Path,
+    relative: &str,
+    metadata: &Metadata,
+    sink: &mut dyn TreeSink,
+) -> Result<(), ImportError> {
+    let mut file = File::open(path).map_err(|source| unreadable(path, source))?;
+    sink.file(relative, &mut file, metadata.len(), path)
+}
+
+fn walk_folder(
+    path: &Path,
+    relative: &str,
+    metadata: &Metadata,
+    sink: &mut dyn TreeSink,
+    ancestors: &mut Vec<(u64, u64)>,
+) -> Result<(), ImportError> {
+    enter(path, metadata, ancestors)?;
+    sink.dir(relative)?;
+    for entry in list_folder(path)? {
+        let child = format!("{relative}/{}", entry.name);
+        if entry.metadata.is_dir() {
+            walk_folder(&entry.path, &child, &entry.metadata, sink, ancestors)?;
+        } else if entry.metadata.is_file() {
+            walk_file(&entry.path, &child, &entry.metadata, sink)?;
+        } else {
+            return Err(ImportError::NotAFileOrFolder(entry.path));
+        }
+    }
+    ancestors.pop();
+    Ok(())
 }
 
 /// The file bytes [`import_path`] would read for `path`, following the same rules, so a
@@ -505,81 +552,186 @@ impl<'a, S: BlockPut> BalancedLayout<'a, S> {
     }
 }
 
-struct Walk<'a, S> {
+/// Builds a UnixFS tree from entries that arrive one at a time, depth first, each folder
+/// before what it holds (see [`TreeSink`]): from [`walk`] on this machine, or from a stream
+/// sent by another program. A folder is finished, and its CID known, as soon as an entry
+/// outside it arrives, so memory holds only the folders still open.
+pub struct TreeBuilder<'a, S> {
     profile: &'a Profile,
     sink: &'a S,
-    on_entry: &'a mut dyn FnMut(&Path, &Imported),
+    on_entry: &'a mut dyn FnMut(&str, &Imported),
     progress: &'a dyn Fn(u64),
     bytes_done: u64,
-    /// (device, inode) of the folders being walked, to catch symbolic link loops.
-    ancestors: Vec<(u64, u64)>,
+    open: Vec<OpenFolder>,
+    root: Option<Imported>,
 }
 
-impl<S: BlockPut> Walk<'_, S> {
-    fn file(
+struct OpenFolder {
+    path: String,
+    links: Vec<(DirLink, bool)>,
+    names: std::collections::HashSet<String>,
+    size: u64,
+}
+
+impl<'a, S: BlockPut> TreeBuilder<'a, S> {
+    pub fn new(
+        profile: &'a Profile,
+        sink: &'a S,
+        on_entry: &'a mut dyn FnMut(&str, &Imported),
+        progress: &'a dyn Fn(u64),
+    ) -> Self {
+        TreeBuilder {
+            profile,
+            sink,
+            on_entry,
+            progress,
+            bytes_done: 0,
+            open: Vec::new(),
+            root: None,
+        }
+    }
+
+    /// Opens a folder.
+    pub fn dir(&mut self, path: &str) -> Result<(), ImportError> {
+        let name = self.place(path)?;
+        if let Some(parent) = self.open.last_mut() {
+            parent.names.insert(name);
+        }
+        self.open.push(OpenFolder {
+            path: path.to_string(),
+            links: Vec::new(),
+            names: Default::default(),
+            size: 0,
+        });
+        Ok(())
+    }
+
+    /// Imports a file's bytes from `content`; `read_error` names the source when reading
+    /// fails.
+    pub fn file(
         &mut self,
-        path: &Path,
-        relative: &Path,
-        metadata: &Metadata,
+        path: &str,
+        content: &mut (dyn Read + Send),
+        size_hint: u64,
+        read_error: &dyn Fn(io::Error) -> ImportError,
     ) -> Result<Imported, ImportError> {
-        let file = File::open(path).map_err(|source| unreadable(path, source))?;
+        let name = self.place(path)?;
         let base = self.bytes_done;
         let progress = self.progress;
         let imported = import_stream(
-            file,
-            metadata.len(),
+            content,
+            size_hint,
             self.profile,
             self.sink,
-            &|source| unreadable(path, source),
+            read_error,
             &|read| progress(base + read),
         )?;
         self.bytes_done += imported.size;
-        (self.on_entry)(relative, &imported);
+        (self.on_entry)(path, &imported);
+        match self.open.last_mut() {
+            Some(parent) => {
+                parent.size += imported.size;
+                parent.names.insert(name.clone());
+                parent.links.push((
+                    DirLink {
+                        name,
+                        cid: imported.cid,
+                        tsize: imported.tsize,
+                    },
+                    true,
+                ));
+            }
+            None => self.root = Some(imported),
+        }
         Ok(imported)
     }
 
-    /// Imports a folder; the flag says whether it has entries (see `directory_node`).
-    fn directory(
-        &mut self,
-        path: &Path,
-        relative: &Path,
-        metadata: &Metadata,
-    ) -> Result<(Imported, bool), ImportError> {
-        enter(path, metadata, &mut self.ancestors)?;
-        let mut links = Vec::new();
-        let mut size = 0;
-        for entry in list_folder(path)? {
-            let child_relative = relative.join(&entry.name);
-            let (imported, counts_toward_shard) = if entry.metadata.is_dir() {
-                let (imported, has_entries) =
-                    self.directory(&entry.path, &child_relative, &entry.metadata)?;
-                // The reference measures a folder before its sub-folders have CIDs, so a
-                // sub-folder with entries adds nothing to the measured size; an empty one does.
-                (imported, !has_entries)
-            } else if entry.metadata.is_file() {
-                (
-                    self.file(&entry.path, &child_relative, &entry.metadata)?,
-                    true,
-                )
-            } else {
-                return Err(ImportError::NotAFileOrFolder(entry.path));
-            };
-            size += imported.size;
-            links.push((
-                DirLink {
-                    name: entry.name,
-                    cid: imported.cid,
-                    tsize: imported.tsize,
-                },
-                counts_toward_shard,
-            ));
+    /// Finishes every open folder and returns the root.
+    pub fn finish(mut self) -> Result<Imported, ImportError> {
+        while !self.open.is_empty() {
+            self.close_folder()?;
         }
-        self.ancestors.pop();
-        let has_entries = !links.is_empty();
-        let mut imported = directory_node(links, self.profile, self.sink)?;
-        imported.size = size;
-        (self.on_entry)(relative, &imported);
-        Ok((imported, has_entries))
+        self.root.ok_or(ImportError::EmptyTree)
+    }
+
+    /// Checks where `path` goes, finishing the folders it is not in; returns its name.
+    fn place(&mut self, path: &str) -> Result<String, ImportError> {
+        let bad = |reason: &str| ImportError::BadEntryPath {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        };
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((parent, name)) => (Some(parent), name),
+            None => (None, path),
+        };
+        if name.is_empty() || name == "." || name == ".." || name.contains('\0') {
+            return Err(bad("not a valid file or folder name"));
+        }
+        if self.root.is_some() {
+            return Err(bad("the tree's root was already complete"));
+        }
+        let Some(parent) = parent else {
+            if self.open.is_empty() {
+                return Ok(name.to_string());
+            }
+            return Err(bad("a second root"));
+        };
+        while self.open.last().is_some_and(|top| top.path != parent) {
+            self.close_folder()?;
+        }
+        match self.open.last() {
+            None => Err(bad("its folder is not open: folders must come before what they hold, depth first")),
+            Some(top) if top.names.contains(name) => Err(bad("a second entry with this name")),
+            Some(_) => Ok(name.to_string()),
+        }
+    }
+
+    fn close_folder(&mut self) -> Result<(), ImportError> {
+        let Some(folder) = self.open.pop() else {
+            return Ok(());
+        };
+        let has_entries = !folder.links.is_empty();
+        let mut imported = directory_node(folder.links, self.profile, self.sink)?;
+        imported.size = folder.size;
+        (self.on_entry)(&folder.path, &imported);
+        let name = folder
+            .path
+            .rsplit_once('/')
+            .map_or(folder.path.as_str(), |(_, name)| name)
+            .to_string();
+        match self.open.last_mut() {
+            Some(parent) => {
+                parent.size += imported.size;
+                parent.links.push((
+                    DirLink {
+                        name,
+                        cid: imported.cid,
+                        tsize: imported.tsize,
+                    },
+                    // The reference measures a folder before its non-empty sub-folders
+                    // have CIDs: see `directory_node`.
+                    !has_entries,
+                ));
+            }
+            None => self.root = Some(imported),
+        }
+        Ok(())
+    }
+}
+
+impl<S: BlockPut> TreeSink for TreeBuilder<'_, S> {
+    fn dir(&mut self, path: &str) -> Result<(), ImportError> {
+        TreeBuilder::dir(self, path)
+    }
+
+    fn file(
+        &mut self,
+        path: &str,
+        file: &mut File,
+        size: u64,
+        source: &Path,
+    ) -> Result<(), ImportError> {
+        TreeBuilder::file(self, path, file, size, &|err| unreadable(source, err)).map(|_| ())
     }
 }
 

@@ -371,7 +371,7 @@ fn folder_rules() {
     );
     assert_eq!(total_bytes(&tree, true).unwrap(), plain.size);
 
-    let mut seen: Vec<(PathBuf, Imported)> = Vec::new();
+    let mut seen: Vec<(String, Imported)> = Vec::new();
     let last_progress = RefCell::new(0);
     import_path(
         &tree,
@@ -388,10 +388,10 @@ fn folder_rules() {
         15 + 2 + 9,
         "15 files, 2 empty folders and 9 folders with entries"
     );
-    assert_eq!(seen.last().unwrap(), &(PathBuf::from("nested"), plain));
+    assert_eq!(seen.last().unwrap(), &("nested".to_string(), plain));
     assert!(seen
         .iter()
-        .any(|(path, _)| path == Path::new("nested/Ελληνικά/Ασκήσεις/λύσεις.pdf")));
+        .any(|(path, _)| path == "nested/Ελληνικά/Ασκήσεις/λύσεις.pdf"));
 
     let error = import_path(&tree, false, &profile, &sink, &mut |_, _| {}, &|_| {}).unwrap_err();
     assert!(matches!(error, ImportError::IsDirectory(_)));

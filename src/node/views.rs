@@ -1,0 +1,309 @@
+//! What the node's actions take and return: plain data, the same whether the action ran
+//! in this process or in the daemon (the API carries these as JSON).
+
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+
+use crate::block::cid_text;
+
+/// Options of `add`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddOptions {
+    /// `unixfs-v1-2025` or `unixfs-v0-2015`; the repository's `add.profile` when unset.
+    pub profile: Option<String>,
+    /// As `ipfs add --cid-version`.
+    pub cid_version: Option<u8>,
+    /// As `ipfs add --chunker`: `size-N`.
+    pub chunker: Option<String>,
+    /// Sign a record for the content once it is stored.
+    pub record: Option<RecordFields>,
+}
+
+/// The fields of a record `add` signs. Authors are `Name` or `Name <URL>`; parents are
+/// record CIDs as text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordFields {
+    pub title: Option<String>,
+    pub license: Option<String>,
+    pub license_url: Option<String>,
+    pub authors: Vec<String>,
+    pub source: Option<String>,
+    pub based_on: Vec<String>,
+    pub changes: String,
+    pub language: Option<String>,
+    pub description: Option<String>,
+    pub resource_types: Vec<String>,
+    pub levels: Vec<String>,
+    pub age: Option<String>,
+    pub teaches: Vec<String>,
+    pub subjects: Vec<String>,
+    pub time_required: Option<String>,
+    /// Publisher key to sign with; the only key when unset.
+    pub key: Option<String>,
+}
+
+/// What `add` reports while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddEvent {
+    /// File bytes read so far.
+    Progress { bytes: u64 },
+    /// A file or folder whose CID is known; folders come after what they hold.
+    Entry {
+        path: String,
+        #[serde(with = "cid_text")]
+        cid: Cid,
+    },
+}
+
+/// What `add` stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddOutcome {
+    #[serde(with = "cid_text")]
+    pub root: Cid,
+    /// File bytes under the root.
+    pub size: u64,
+    /// The signed record, when one was asked for.
+    #[serde(with = "cid_text::option", default)]
+    pub record: Option<Cid>,
+    /// Parents whose licence terms could not be checked by machine.
+    #[serde(default)]
+    pub warnings: Vec<LicenceNote>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenceNote {
+    #[serde(with = "cid_text")]
+    pub parent: Cid,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinView {
+    #[serde(with = "cid_text")]
+    pub cid: Cid,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatView {
+    pub repository: String,
+    pub blocks: u64,
+    pub inline_blocks: u64,
+    pub bytes: u64,
+    pub pins: u64,
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyView {
+    pub blocks_checked: u64,
+    pub bytes_checked: u64,
+    /// One line per problem: what is wrong with which block.
+    pub damage: Vec<String>,
+}
+
+/// What `export` writes: complete DAGs, or one collection's newest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportTarget {
+    Dags(#[serde(with = "cid_text::vec")] Vec<Cid>),
+    Collection(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportView {
+    pub blocks: u64,
+    pub bytes: u64,
+    #[serde(with = "cid_text::vec")]
+    pub pinned: Vec<Cid>,
+    pub records: usize,
+    pub retractions: usize,
+    pub collections: Vec<ImportedCollection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedCollection {
+    pub id: String,
+    pub publisher: String,
+    pub seq: u64,
+    pub trusted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub name: String,
+    pub did: String,
+}
+
+/// A publisher key on its way to a file: the key file's text. Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyExport {
+    pub name: String,
+    pub did: String,
+    pub key_file: String,
+}
+
+/// One record as `record show` prints it, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordShow {
+    Valid(Box<RecordView>),
+    Invalid {
+        #[serde(with = "cid_text")]
+        cid: Cid,
+        reason: String,
+    },
+}
+
+/// A verified record with its trust, retraction state and attribution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordView {
+    #[serde(with = "cid_text")]
+    pub cid: Cid,
+    #[serde(with = "cid_text")]
+    pub content: Cid,
+    pub title: String,
+    pub description: Option<String>,
+    pub language: String,
+    pub authors: Vec<AuthorView>,
+    pub licence: LicenceView,
+    pub source: Option<String>,
+    pub based_on: Vec<BasedOnView>,
+    pub educational: EducationalView,
+    pub created: String,
+    pub publisher: String,
+    pub trusted: bool,
+    pub retracted: bool,
+    pub attribution: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorView {
+    pub name: String,
+    pub url: Option<String>,
+}
+
+/// A licence by SPDX id, with its name and URL where the id is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenceView {
+    pub id: String,
+    pub name: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasedOnView {
+    #[serde(with = "cid_text")]
+    pub record: Cid,
+    pub note: String,
+}
+
+/// LRMI / schema.org LearningResource fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EducationalView {
+    pub learning_resource_type: Vec<String>,
+    pub educational_level: Vec<String>,
+    pub educational_use: Vec<String>,
+    pub typical_age_range: Option<String>,
+    pub teaches: Vec<String>,
+    pub subjects: Vec<String>,
+    pub time_required: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordCheck {
+    #[serde(with = "cid_text")]
+    pub cid: Cid,
+    pub publisher: String,
+    pub trusted: bool,
+    pub retracted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retracted {
+    #[serde(with = "cid_text")]
+    pub record: Cid,
+    #[serde(with = "cid_text")]
+    pub retraction: Cid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionCreated {
+    pub name: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionEdited {
+    pub name: String,
+    /// Entries in the (unpublished) collection after the edit.
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionPublished {
+    pub name: String,
+    pub id: String,
+    pub seq: u64,
+    pub entry_count: u64,
+    #[serde(with = "cid_text")]
+    pub head: Cid,
+}
+
+/// A collection's newest version as `collection show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionShow {
+    pub id: String,
+    pub publisher: String,
+    pub trusted: bool,
+    pub seq: u64,
+    pub time: String,
+    #[serde(with = "cid_text")]
+    pub head: Cid,
+    pub entries: Vec<CollectionEntryView>,
+    pub retracted_hidden: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionEntryView {
+    #[serde(with = "cid_text")]
+    pub record: Cid,
+    /// `None` when the record has not been received here.
+    pub licence: Option<String>,
+    pub title: Option<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionRow {
+    pub id: String,
+    /// Newest version known, `None` when never published.
+    pub seq: Option<u64>,
+    pub trusted: bool,
+    /// One of this node's own collections.
+    pub own: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryRow {
+    Version {
+        #[serde(with = "cid_text")]
+        cid: Cid,
+        seq: u64,
+        time: String,
+        entry_count: u64,
+    },
+    Missing {
+        #[serde(with = "cid_text")]
+        cid: Cid,
+    },
+    Invalid {
+        #[serde(with = "cid_text")]
+        cid: Cid,
+        reason: String,
+    },
+}
