@@ -205,7 +205,10 @@ pub mod cid_text {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(cid: &Option<Cid>, serializer: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            cid: &Option<Cid>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
             match cid {
                 Some(cid) => serializer.collect_str(cid),
                 None => serializer.serialize_none(),
@@ -234,7 +237,9 @@ pub mod cid_text {
             seq.end()
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Cid>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Vec<Cid>, D::Error> {
             Vec::<String>::deserialize(deserializer)?
                 .iter()
                 .map(|text| Cid::try_from(text.as_str()).map_err(serde::de::Error::custom))

@@ -1,16 +1,16 @@
 //! oermesh: a peer-to-peer, content-addressed distribution node for Open Educational Resources.
 
+pub mod api;
 pub mod block;
 pub mod car;
 pub mod config;
 pub mod daemon;
 pub mod keys;
 pub mod links;
+pub mod node;
 pub mod records;
 pub mod repo;
 pub mod store;
 pub mod transfer;
 pub mod units;
 pub mod unixfs;
-pub mod node;
-pub mod api;

@@ -26,7 +26,12 @@ pub enum RepoError {
     #[error("{0} already holds an oermesh repository")]
     Exists(PathBuf),
     #[error("repository {path} is in use by another oermesh process{pid}; stop it or use another --repo")]
-    Locked { path: PathBuf, pid: String },
+    Locked {
+        path: PathBuf,
+        pid: String,
+        /// The holder is a daemon, whose API other commands can use instead.
+        daemon: bool,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -147,6 +152,21 @@ impl Repo {
         &self.store
     }
 
+    /// Records in the lock file that the holder is the daemon, so that a command that
+    /// finds the repository held waits for the daemon's API instead of giving up.
+    pub fn mark_daemon(&self) -> Result<(), RepoError> {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{} daemon\n", std::process::id());
+        self._lock
+            .set_len(0)
+            .and_then(|()| self._lock.write_all_at(text.as_bytes(), 0))
+            .map_err(|source| RepoError::Io {
+                action: "write",
+                path: self.root.join("repo.lock"),
+                source,
+            })
+    }
+
     pub fn node_key_path(&self) -> PathBuf {
         self.root.join("node.key")
     }
@@ -204,13 +224,13 @@ fn lock_repo(root: &Path) -> Result<File, RepoError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            let pid = fs::read_to_string(&path)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty());
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let mut words = holder.split_whitespace();
+            let pid = words.next();
             return Err(RepoError::Locked {
                 path: root.to_path_buf(),
                 pid: pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+                daemon: words.next() == Some("daemon"),
             });
         }
         Err(fs::TryLockError::Error(source)) => {

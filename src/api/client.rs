@@ -78,7 +78,11 @@ impl ApiClient {
         format!("http://oermesh{PREFIX}{path}")
     }
 
-    fn send(&self, path: &str, body: reqwest::blocking::Body) -> Result<reqwest::blocking::Response> {
+    fn send(
+        &self,
+        path: &str,
+        body: reqwest::blocking::Body,
+    ) -> Result<reqwest::blocking::Response> {
         let response = self
             .http
             .post(ApiClient::url(path))
@@ -109,7 +113,10 @@ impl ApiClient {
 fn unavailable(err: &(dyn std::error::Error + 'static)) -> NodeError {
     NodeError::refused(
         ErrorCode::Unavailable,
-        format!("lost the connection to the daemon: {}", crate::node::one_line(err)),
+        format!(
+            "lost the connection to the daemon: {}",
+            crate::node::one_line(err)
+        ),
     )
 }
 
@@ -139,7 +146,7 @@ impl Service for ApiClient {
                     out: io::BufWriter::with_capacity(64 * 1024, ChannelWriter(chunks)),
                     socket,
                 };
-                sink.line(&AddLine::Options(options.clone()))?;
+                sink.line(&AddLine::Options(Box::new(options.clone())))?;
                 feed(&mut sink)?;
                 sink.line(&AddLine::End)?;
                 sink.out.flush().map_err(ImportError::Input)?;
@@ -155,7 +162,10 @@ impl Service for ApiClient {
             );
             let outcome = replies.and_then(|response| read_add_replies(response, events));
             let walked = walker.join().unwrap_or_else(|_| {
-                Err(NodeError::refused(ErrorCode::Internal, "the folder walk panicked"))
+                Err(NodeError::refused(
+                    ErrorCode::Internal,
+                    "the folder walk panicked",
+                ))
             });
             // A failure here (a file that cannot be read) explains the daemon's complaint
             // that the stream ended early: report it, as without a daemon.
@@ -210,7 +220,9 @@ impl Service for ApiClient {
         let mut buffer = Vec::new();
         loop {
             let mut length = [0u8; 4];
-            frames.read_exact(&mut length).map_err(|err| unavailable(&err))?;
+            frames
+                .read_exact(&mut length)
+                .map_err(|err| unavailable(&err))?;
             let length = u32::from_be_bytes(length) as usize;
             if length == 0 {
                 break;
@@ -222,7 +234,9 @@ impl Service for ApiClient {
                 ));
             }
             buffer.resize(length, 0);
-            frames.read_exact(&mut buffer).map_err(|err| unavailable(&err))?;
+            frames
+                .read_exact(&mut buffer)
+                .map_err(|err| unavailable(&err))?;
             out.write_all(&buffer)
                 .map_err(|err| NodeError::refused(ErrorCode::Io, err.to_string()))?;
         }
@@ -436,7 +450,9 @@ impl TreeSink for StreamSink {
                         fd_token: Some(token),
                     })
                 }
-                Err(err) => tracing::debug!(%err, "sending {} through the socket instead", source.display()),
+                Err(err) => {
+                    tracing::debug!(%err, "sending {} through the socket instead", source.display())
+                }
             }
         }
         self.line(&AddLine::File {
@@ -472,9 +488,9 @@ struct ChannelWriter(mpsc::SyncSender<Vec<u8>>);
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0.send(data.to_vec()).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the daemon stopped reading")
-        })?;
+        self.0
+            .send(data.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the daemon stopped reading"))?;
         Ok(data.len())
     }
 

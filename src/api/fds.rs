@@ -83,7 +83,11 @@ pub fn receive(mut stream: UnixStream, registry: &FdRegistry) -> io::Result<()> 
             if let ControlMessageOwned::ScmRights(received) = cmsg {
                 // SAFETY: the kernel just installed these descriptors in this process
                 // for us; nothing else owns them.
-                fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         (message.bytes, fds)
@@ -138,11 +142,14 @@ impl FdRegistry {
 
 /// The one descriptor of `token` as a file open for reading, checked to be a regular file.
 pub fn take_readable_file(registry: &FdRegistry, token: &str) -> Result<std::fs::File, String> {
-    let mut fds = registry
-        .take(token)
-        .ok_or_else(|| format!("no handed-over file under token {token:?} (used, expired or unknown)"))?;
+    let mut fds = registry.take(token).ok_or_else(|| {
+        format!("no handed-over file under token {token:?} (used, expired or unknown)")
+    })?;
     if fds.len() != 1 {
-        return Err(format!("token {token:?} names {} files, not one", fds.len()));
+        return Err(format!(
+            "token {token:?} names {} files, not one",
+            fds.len()
+        ));
     }
     let fd = fds.remove(0);
     let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| e.to_string())?;

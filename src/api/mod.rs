@@ -56,7 +56,7 @@ impl From<ErrorBody> for NodeError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum AddLine {
-    Options(AddOptions),
+    Options(Box<AddOptions>),
     Dir {
         path: String,
     },

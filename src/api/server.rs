@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::args::*;
 use super::fds::{self, FdRegistry};
-use super::{AddLine, AddReply, ErrorBody, ExportEnd, MAX_ADD_LINE, MAX_FRAME, PREFIX, SOCKET_NAME};
+use super::{
+    AddLine, AddReply, ErrorBody, ExportEnd, MAX_ADD_LINE, MAX_FRAME, PREFIX, SOCKET_NAME,
+};
 use crate::daemon::pool::BlockingPool;
 use crate::node::{AddEvent, ErrorCode, ExportTarget, Node, NodeError};
 
@@ -52,32 +55,132 @@ pub fn router(state: ApiState) -> Router {
     let rpc = Router::new()
         .route("/add", post(add))
         .route("/block/get", post(block_get))
-        .route("/pin/ls", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.pins())))
-        .route("/pin/add", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.pin_add(&a.cid))))
-        .route("/pin/rm", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.pin_rm(&a.cid))))
-        .route("/gc", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.gc())))
-        .route("/stat", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.stat())))
-        .route("/verify", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.verify())))
+        .route(
+            "/pin/ls",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.pins())),
+        )
+        .route(
+            "/pin/add",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.pin_add(&a.cid))),
+        )
+        .route(
+            "/pin/rm",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.pin_rm(&a.cid))),
+        )
+        .route(
+            "/gc",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.gc())),
+        )
+        .route(
+            "/stat",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.stat())),
+        )
+        .route(
+            "/verify",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.verify())),
+        )
         .route("/export", post(export))
         .route("/import", post(import))
-        .route("/key/gen", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: NameArg| n.key_gen(&a.name))))
-        .route("/key/list", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.key_list())))
-        .route("/key/export", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: NameArg| n.key_export(&a.name))))
-        .route("/key/import", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: KeyImportArg| n.key_import(&a.name, &a.key_file))))
-        .route("/record/show", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.record_show(&a.cid))))
-        .route("/record/verify", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.record_verify(&a.cid))))
-        .route("/record/retract", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: RetractArg| n.record_retract(&a.cid, &a.reason, a.key.as_deref()))))
-        .route("/provenance", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.provenance(&a.cid))))
-        .route("/collection/create", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CollectionCreateArg| n.collection_create(&a.name, a.key.as_deref()))))
-        .route("/collection/add", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CollectionAddArg| n.collection_add(&a.name, &a.cids, a.path.as_deref(), a.title.as_deref()))))
-        .route("/collection/rm", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CollectionRmArg| n.collection_rm(&a.name, &a.cid))))
-        .route("/collection/publish", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: NameArg| n.collection_publish(&a.name))))
-        .route("/collection/show", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: IdArg| n.collection_show(&a.id))))
-        .route("/collection/list", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.collection_list())))
-        .route("/collection/history", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: IdArg| n.collection_history(&a.id))))
-        .route("/trust/add", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: PublisherArg| n.trust_add(&a.publisher))))
-        .route("/trust/rm", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: PublisherArg| n.trust_rm(&a.publisher))))
-        .route("/trust/list", post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.trust_list())))
+        .route(
+            "/key/gen",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: NameArg| n.key_gen(&a.name))),
+        )
+        .route(
+            "/key/list",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.key_list())),
+        )
+        .route(
+            "/key/export",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: NameArg| n.key_export(&a.name))),
+        )
+        .route(
+            "/key/import",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: KeyImportArg| {
+                    n.key_import(&a.name, &a.key_file)
+                })
+            }),
+        )
+        .route(
+            "/record/show",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.record_show(&a.cid))),
+        )
+        .route(
+            "/record/verify",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.record_verify(&a.cid))),
+        )
+        .route(
+            "/record/retract",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: RetractArg| {
+                    n.record_retract(&a.cid, &a.reason, a.key.as_deref())
+                })
+            }),
+        )
+        .route(
+            "/provenance",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: CidArg| n.provenance(&a.cid))),
+        )
+        .route(
+            "/collection/create",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: CollectionCreateArg| {
+                    n.collection_create(&a.name, a.key.as_deref())
+                })
+            }),
+        )
+        .route(
+            "/collection/add",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: CollectionAddArg| {
+                    n.collection_add(&a.name, &a.cids, a.path.as_deref(), a.title.as_deref())
+                })
+            }),
+        )
+        .route(
+            "/collection/rm",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: CollectionRmArg| {
+                    n.collection_rm(&a.name, &a.cid)
+                })
+            }),
+        )
+        .route(
+            "/collection/publish",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: NameArg| n.collection_publish(&a.name))
+            }),
+        )
+        .route(
+            "/collection/show",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: IdArg| n.collection_show(&a.id))),
+        )
+        .route(
+            "/collection/list",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.collection_list())),
+        )
+        .route(
+            "/collection/history",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: IdArg| n.collection_history(&a.id))
+            }),
+        )
+        .route(
+            "/trust/add",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: PublisherArg| n.trust_add(&a.publisher))
+            }),
+        )
+        .route(
+            "/trust/rm",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: PublisherArg| n.trust_rm(&a.publisher))
+            }),
+        )
+        .route(
+            "/trust/list",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.trust_list())),
+        )
         .fallback(|| async { error_response(&NodeError::not_found("no such API endpoint")) });
     Router::new()
         .nest(PREFIX, rpc)
@@ -96,7 +199,10 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response(),
@@ -129,7 +235,10 @@ where
     match state.pool.run(move || method(&node, args)).await {
         Ok(Ok(value)) => json_response(StatusCode::OK, &value),
         Ok(Err(err)) => error_response(&err),
-        Err(closed) => error_response(&NodeError::refused(ErrorCode::Unavailable, closed.to_string())),
+        Err(closed) => error_response(&NodeError::refused(
+            ErrorCode::Unavailable,
+            closed.to_string(),
+        )),
     }
 }
 
@@ -141,12 +250,18 @@ async fn block_get(State(state): State<ApiState>, body: Bytes) -> Response {
     let node = state.node.clone();
     match state.pool.run(move || node.block(&args.cid)).await {
         Ok(Ok(data)) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
             data,
         )
             .into_response(),
         Ok(Err(err)) => error_response(&err),
-        Err(closed) => error_response(&NodeError::refused(ErrorCode::Unavailable, closed.to_string())),
+        Err(closed) => error_response(&NodeError::refused(
+            ErrorCode::Unavailable,
+            closed.to_string(),
+        )),
     }
 }
 
@@ -158,8 +273,13 @@ async fn add(State(state): State<ApiState>, body: Body) -> Response {
     let node = state.node.clone();
     let registry = state.fds.clone();
     state.pool.spawn(move || {
+        // A client that goes away (Ctrl-C) cancels its add: the next reply that cannot be
+        // delivered says so, and the files handed over stop reading.
+        let cancelled = AtomicBool::new(false);
         let send = |line: &AddReply| {
-            let _ = lines.blocking_send(Ok(json_line(line)));
+            if lines.blocking_send(Ok(json_line(line))).is_err() {
+                cancelled.store(true, Ordering::Release);
+            }
         };
         let mut last_progress = Instant::now();
         let mut on_event = |event: AddEvent| {
@@ -171,7 +291,7 @@ async fn add(State(state): State<ApiState>, body: Body) -> Response {
             }
             send(&AddReply::Event(event));
         };
-        let outcome = run_add(&node, &registry, input, &mut on_event);
+        let outcome = run_add(&node, &registry, input, &cancelled, &mut on_event);
         send(&match outcome {
             Ok(outcome) => AddReply::Done(outcome),
             Err(err) => AddReply::Error(ErrorBody::from(&err)),
@@ -184,6 +304,7 @@ fn run_add(
     node: &Node,
     registry: &FdRegistry,
     input: BodyReader,
+    cancelled: &AtomicBool,
     events: &mut dyn FnMut(AddEvent),
 ) -> Result<crate::node::AddOutcome, NodeError> {
     let mut input = BufReader::with_capacity(256 * 1024, input);
@@ -202,9 +323,13 @@ fn run_add(
                     source,
                     fd_token: Some(token),
                 } => {
-                    let mut file = fds::take_readable_file(registry, &token)
+                    let file = fds::take_readable_file(registry, &token)
                         .map_err(|reason| NodeError::invalid(format!("{path}: {reason}")))?;
-                    session.file_from(&path, &mut file, size, &source)?;
+                    let mut content = Cancellable {
+                        inner: file,
+                        cancelled,
+                    };
+                    session.file_from(&path, &mut content, size, &source)?;
                 }
                 AddLine::File {
                     path,
@@ -284,7 +409,10 @@ async fn import(
     match outcome {
         Ok(Ok(view)) => json_response(StatusCode::OK, &view),
         Ok(Err(err)) => error_response(&err),
-        Err(closed) => error_response(&NodeError::refused(ErrorCode::Unavailable, closed.to_string())),
+        Err(closed) => error_response(&NodeError::refused(
+            ErrorCode::Unavailable,
+            closed.to_string(),
+        )),
     }
 }
 
@@ -317,6 +445,24 @@ async fn export(State(state): State<ApiState>, body: Bytes) -> Response {
         let _ = frames.blocking_send(Ok(Bytes::from(tail)));
     });
     stream_response("application/vnd.oermesh.frames", reply)
+}
+
+/// A handed-over file that stops reading once its client has gone.
+struct Cancellable<'a, R> {
+    inner: R,
+    cancelled: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancelled.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client went away; add cancelled",
+            ));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// A file's content in an add stream: frames of a 4-byte big-endian length and that many
@@ -363,7 +509,10 @@ impl<R: BufRead> Read for FrameReader<'_, R> {
 
 fn cut_short(err: io::Error) -> io::Error {
     if err.kind() == io::ErrorKind::UnexpectedEof {
-        io::Error::new(io::ErrorKind::UnexpectedEof, "the upload ended inside the file")
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the upload ended inside the file",
+        )
     } else {
         err
     }
@@ -502,7 +651,11 @@ pub async fn serve_unix(
             };
             match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(sort_connection(stream, http_connections.clone(), registry.clone()));
+                    tokio::spawn(sort_connection(
+                        stream,
+                        http_connections.clone(),
+                        registry.clone(),
+                    ));
                 }
                 Err(err) => {
                     tracing::warn!(%err, "API socket accept failed");
@@ -529,11 +682,14 @@ async fn sort_connection(
 ) {
     match tokio::time::timeout(fds::HANDOFF_TIMEOUT, first_byte(&stream)).await {
         Ok(Ok(Some(0))) => {
-            let Ok(stream) = stream.into_std() else { return };
+            let Ok(stream) = stream.into_std() else {
+                return;
+            };
             if stream.set_nonblocking(false).is_err() {
                 return;
             }
-            let received = tokio::task::spawn_blocking(move || fds::receive(stream, &registry)).await;
+            let received =
+                tokio::task::spawn_blocking(move || fds::receive(stream, &registry)).await;
             if let Ok(Err(err)) = received {
                 tracing::debug!(%err, "file hand-over failed");
             }

@@ -169,7 +169,9 @@ fn connect(repo_path: &Path) -> Result<Box<dyn Service>> {
     }
     match Node::open(repo_path) {
         Ok(node) => Ok(Box::new(node)),
-        Err(NodeError::Repo(locked @ RepoError::Locked { .. })) => {
+        Err(NodeError::Repo(locked))
+            if matches!(*locked, RepoError::Locked { daemon: true, .. }) =>
+        {
             let deadline = Instant::now() + DAEMON_START_WAIT;
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -177,7 +179,7 @@ fn connect(repo_path: &Path) -> Result<Box<dyn Service>> {
                     return Ok(Box::new(client));
                 }
             }
-            Err(locked.into())
+            Err(NodeError::Repo(locked).into())
         }
         Err(err) => Err(err.into()),
     }

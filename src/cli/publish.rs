@@ -231,11 +231,9 @@ fn print_record(out: &mut impl Write, view: &RecordView) -> Result<()> {
         .collect();
     writeln!(out, "authors      {}", authors.join(", "))?;
     match (&view.licence.name, &view.licence.url) {
-        (Some(name), Some(url)) => writeln!(
-            out,
-            "licence      {name} ({}) {url}",
-            view.licence.id
-        )?,
+        (Some(name), Some(url)) => {
+            writeln!(out, "licence      {name} ({}) {url}", view.licence.id)?
+        }
         _ => writeln!(out, "licence      {}", view.licence.id)?,
     }
     if let Some(source) = &view.source {
@@ -293,10 +291,9 @@ pub fn record(service: &dyn Service, command: RecordCommand) -> Result<ExitCode>
                 }
                 match shown {
                     RecordShow::Valid(view) => print_record(&mut out, view)?,
-                    RecordShow::Invalid { cid, reason } => writeln!(
-                        out,
-                        "record       {cid}\nsignature    INVALID: {reason}"
-                    )?,
+                    RecordShow::Invalid { cid, reason } => {
+                        writeln!(out, "record       {cid}\nsignature    INVALID: {reason}")?
+                    }
                 }
             }
         }
@@ -345,7 +342,11 @@ pub fn collection(service: &dyn Service, command: CollectionCommand) -> Result<E
     match command {
         CollectionCommand::Create { name, key } => {
             let created = service.collection_create(&name, key.as_deref())?;
-            writeln!(out, "created {}: its id will be {}", created.name, created.id)?;
+            writeln!(
+                out,
+                "created {}: its id will be {}",
+                created.name, created.id
+            )?;
         }
         CollectionCommand::Add {
             name,
@@ -353,8 +354,7 @@ pub fn collection(service: &dyn Service, command: CollectionCommand) -> Result<E
             path,
             title,
         } => {
-            let edited =
-                service.collection_add(&name, &cids, path.as_deref(), title.as_deref())?;
+            let edited = service.collection_add(&name, &cids, path.as_deref(), title.as_deref())?;
             writeln!(
                 out,
                 "{}: {} entries (not yet published)",

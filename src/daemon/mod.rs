@@ -8,8 +8,8 @@
 //! and stops them together; [`run`] adds the start-up line and signal handling.
 
 pub mod http;
-pub mod pool;
 pub mod net;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -151,11 +151,16 @@ impl Daemon {
                 addr: settings.http_listen.clone(),
                 source,
             })?;
+        node.mark_daemon().map_err(Box::new)?;
         let api_tcp = bind_api_tcp(node.root(), &config.api).await?;
         let group = socket_group(&config.api)?;
         let (api_listener, api_socket) =
             api_server::bind_unix(node.root(), group).map_err(|source| DaemonError::Api {
-                addr: node.root().join(crate::api::SOCKET_NAME).display().to_string(),
+                addr: node
+                    .root()
+                    .join(crate::api::SOCKET_NAME)
+                    .display()
+                    .to_string(),
                 source,
             })?;
         let (client, event_loop, listen_addrs) = match net::start(keypair, settings.net).await {

@@ -74,9 +74,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::VersionConflict => 409,
-            ErrorCode::Corrupt | ErrorCode::Repository | ErrorCode::Io | ErrorCode::Internal => {
-                500
-            }
+            ErrorCode::Corrupt | ErrorCode::Repository | ErrorCode::Io | ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
     }
@@ -93,29 +91,53 @@ impl std::fmt::Display for ErrorCode {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(Box<RepoError>),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
     #[error(transparent)]
-    Block(#[from] BlockError),
+    Block(Box<BlockError>),
     #[error(transparent)]
-    Records(#[from] RecordError),
+    Records(Box<RecordError>),
     #[error(transparent)]
-    Key(#[from] KeyError),
+    Key(Box<KeyError>),
     #[error(transparent)]
-    Import(#[from] ImportError),
+    Import(Box<ImportError>),
     #[error(transparent)]
-    Read(#[from] ReadError),
+    Read(Box<ReadError>),
     #[error(transparent)]
-    Transfer(#[from] TransferError),
+    Transfer(Box<TransferError>),
     #[error(transparent)]
-    Car(#[from] CarError),
+    Car(Box<CarError>),
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
     /// An error the daemon reported, with its code and the line it would have printed.
     #[error("{message}")]
     Remote { code: ErrorCode, message: String },
 }
+
+macro_rules! boxed_from {
+    ($($variant:ident($error:ty)),* $(,)?) => {
+        $(
+            impl From<$error> for NodeError {
+                fn from(err: $error) -> Self {
+                    NodeError::$variant(Box::new(err))
+                }
+            }
+        )*
+    };
+}
+
+boxed_from!(
+    Repo(RepoError),
+    Store(StoreError),
+    Block(BlockError),
+    Records(RecordError),
+    Key(KeyError),
+    Import(ImportError),
+    Read(ReadError),
+    Transfer(TransferError),
+    Car(CarError),
+);
 
 impl NodeError {
     pub fn invalid(message: impl Into<String>) -> NodeError {
@@ -148,12 +170,12 @@ impl NodeError {
             NodeError::Block(err) => block_code(err),
             NodeError::Records(err) => record_code(err),
             NodeError::Key(err) => key_code(err),
-            NodeError::Import(err) => match err {
+            NodeError::Import(err) => match err.as_ref() {
                 ImportError::Store(err) => block_code(err),
                 ImportError::Unreadable { .. } | ImportError::Input(_) => ErrorCode::Io,
                 _ => ErrorCode::InvalidArgument,
             },
-            NodeError::Read(err) => match err {
+            NodeError::Read(err) => match err.as_ref() {
                 ReadError::NotFound(_) | ReadError::NoSuchEntry { .. } => ErrorCode::NotFound,
                 ReadError::Corrupt(_) => ErrorCode::Corrupt,
                 ReadError::Block(err) => block_code(err),
@@ -161,16 +183,14 @@ impl NodeError {
                 ReadError::DestinationExists(_) => ErrorCode::AlreadyExists,
                 _ => ErrorCode::InvalidArgument,
             },
-            NodeError::Transfer(err) => match err {
+            NodeError::Transfer(err) => match err.as_ref() {
                 TransferError::Car(err) => car_code(err),
                 TransferError::Store(err) => store_code(err),
                 TransferError::Block(err) => block_code(err),
                 TransferError::Records(err) => record_code(err),
                 TransferError::Invalid { .. } => ErrorCode::InvalidSignedObject,
                 TransferError::OlderVersion { .. } => ErrorCode::VersionConflict,
-                TransferError::Incomplete { .. } | TransferError::Links(_) => {
-                    ErrorCode::InvalidCar
-                }
+                TransferError::Incomplete { .. } | TransferError::Links(_) => ErrorCode::InvalidCar,
                 TransferError::UnknownCollection(_) => ErrorCode::NotFound,
             },
             NodeError::Car(err) => car_code(err),

@@ -119,6 +119,11 @@ impl Node {
             .clone()
     }
 
+    /// Marks the repository as held by a daemon (see [`Repo::mark_daemon`]).
+    pub fn mark_daemon(&self) -> Result<()> {
+        Ok(self.inner.repo.mark_daemon()?)
+    }
+
     pub fn node_key_path(&self) -> PathBuf {
         self.inner.repo.node_key_path()
     }
@@ -624,12 +629,15 @@ impl Node {
     /// A collection's newest version, retracted entries hidden.
     pub fn collection_show(&self, id: &str) -> Result<CollectionShow> {
         let id = parse_collection_id(id)?;
-        let view = self.records().collection_show(&id).map_err(|err| match err {
-            crate::records::RecordError::UnknownCollection(_) => {
-                NodeError::not_found(format!("no published version of {id} is known here"))
-            }
-            other => other.into(),
-        })?;
+        let view = self
+            .records()
+            .collection_show(&id)
+            .map_err(|err| match err {
+                crate::records::RecordError::UnknownCollection(_) => {
+                    NodeError::not_found(format!("no published version of {id} is known here"))
+                }
+                other => other.into(),
+            })?;
         Ok(CollectionShow {
             id: view.id.to_string(),
             publisher: view.id.publisher_did(),
@@ -759,12 +767,11 @@ impl AddSession<'_> {
         source: &str,
     ) -> Result<()> {
         let source = source.to_string();
-        self.builder.file(path, content, size, &|err| {
-            ImportError::Unreadable {
+        self.builder
+            .file(path, content, size, &|err| ImportError::Unreadable {
                 path: PathBuf::from(&source),
                 source: err,
-            }
-        })?;
+            })?;
         Ok(())
     }
 }
@@ -810,9 +817,7 @@ pub fn resolve_profile(options: &AddOptions, default: &str) -> Result<Profile> {
             .map_err(|err| invalid(&err))?;
     }
     if let Some(chunker) = &options.chunker {
-        profile = profile
-            .with_chunker(chunker)
-            .map_err(|err| invalid(&err))?;
+        profile = profile.with_chunker(chunker).map_err(|err| invalid(&err))?;
     }
     Ok(profile)
 }

@@ -169,7 +169,7 @@ pub struct ServiceBlocks<'a>(pub &'a dyn Service);
 impl BlockGet for ServiceBlocks<'_> {
     fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
         let data = self.0.block(cid).map_err(|err| match err {
-            NodeError::Block(err) => err,
+            NodeError::Block(err) => *err,
             err => match err.code() {
                 super::ErrorCode::NotFound => BlockError::NotFound(*cid),
                 super::ErrorCode::Corrupt => BlockError::Corrupt(*cid),

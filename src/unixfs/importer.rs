@@ -105,8 +105,13 @@ pub fn import_path(
 pub trait TreeSink {
     fn dir(&mut self, path: &str) -> Result<(), ImportError>;
     /// A regular file, open for reading; `source` is its path on disk, for messages.
-    fn file(&mut self, path: &str, file: &mut File, size: u64, source: &Path)
-        -> Result<(), ImportError>;
+    fn file(
+        &mut self,
+        path: &str,
+        file: &mut File,
+        size: u64,
+        source: &Path,
+    ) -> Result<(), ImportError>;
 }
 
 /// Walks `path` (a file, or with `recursive` a folder tree) by the folder rules above and
@@ -680,7 +685,9 @@ impl<'a, S: BlockPut> TreeBuilder<'a, S> {
             self.close_folder()?;
         }
         match self.open.last() {
-            None => Err(bad("its folder is not open: folders must come before what they hold, depth first")),
+            None => Err(bad(
+                "its folder is not open: folders must come before what they hold, depth first",
+            )),
             Some(top) if top.names.contains(name) => Err(bad("a second entry with this name")),
             Some(_) => Ok(name.to_string()),
         }

@@ -1,44 +1,183 @@
 //! The `oermesh` binary end to end, on real repositories in temp dirs.
 
+use std::cell::RefCell;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
 
 use crate::gen::generated_bytes;
 
+/// Whether commands open the repository themselves or go through a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Direct,
+    Daemon,
+}
+
+/// How long a test waits for a daemon to come up or go down.
+const DAEMON_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A repository and a work folder in a temp dir, and in [`Mode::Daemon`] the daemon
+/// process that holds the repository.
 pub struct Node {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub repo: PathBuf,
     pub work: PathBuf,
+    mode: Mode,
+    daemon: RefCell<Option<Child>>,
 }
 
 impl Node {
     pub fn new() -> Node {
+        Node::new_in(Mode::Direct)
+    }
+
+    pub fn new_in(mode: Mode) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         let work = dir.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         Node {
-            _dir: dir,
+            dir,
             repo,
             work,
+            mode,
+            daemon: RefCell::new(None),
         }
     }
 
     pub fn init() -> Node {
-        let node = Node::new();
+        Node::init_in(Mode::Direct)
+    }
+
+    /// A fresh repository; in [`Mode::Daemon`] with its daemon running.
+    pub fn init_in(mode: Mode) -> Node {
+        let node = Node::new_in(mode);
         node.ok(&["init"]);
+        node.start_daemon_in_daemon_mode();
         node
     }
 
+    /// Starts the daemon when the node is in [`Mode::Daemon`].
+    pub fn start_daemon_in_daemon_mode(&self) {
+        if self.mode == Mode::Daemon {
+            self.start_daemon();
+        }
+    }
+
+    /// Starts `oermesh daemon` on the repository (loopback only, no mDNS) and waits until
+    /// its API answers.
+    pub fn start_daemon(&self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_oermesh"))
+            .args([
+                "daemon",
+                "--http",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+            ])
+            .env("OERMESH_REPO", &self.repo)
+            .env_remove("OERMESH_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        *self.daemon.borrow_mut() = Some(child);
+        let socket = self.repo.join("api.sock");
+        let deadline = Instant::now() + DAEMON_DEADLINE;
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            self.assert_daemon_alive();
+            assert!(
+                Instant::now() < deadline,
+                "the daemon's API did not come up within {DAEMON_DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon with SIGTERM, as a service manager would, and waits for it.
+    pub fn stop_daemon(&self) {
+        let Some(mut child) = self.daemon.borrow_mut().take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + DAEMON_DEADLINE;
+        loop {
+            match child.try_wait().unwrap() {
+                Some(status) => {
+                    assert!(
+                        status.success(),
+                        "the daemon stopped with {status}: {}",
+                        self.daemon_log()
+                    );
+                    return;
+                }
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    panic!("the daemon did not stop within {DAEMON_DEADLINE:?}");
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Kills the daemon with SIGKILL: no clean shutdown, its socket file stays.
+    pub fn kill_daemon(&self) {
+        if let Some(mut child) = self.daemon.borrow_mut().take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// The daemon's browser-facing address (`host:port`), from its start-up line.
+    pub fn web_address(&self) -> String {
+        let log = self.daemon_log();
+        log.split("web page http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no web page address in the daemon's output: {log}"))
+            .to_string()
+    }
+
+    /// Runs `work` with the daemon stopped (copying a repository, say), then starts it
+    /// again; in [`Mode::Direct`] just runs it.
+    pub fn with_daemon_stopped<T>(&self, work: impl FnOnce() -> T) -> T {
+        let running = self.daemon.borrow().is_some();
+        self.stop_daemon();
+        let result = work();
+        if running {
+            self.start_daemon();
+        }
+        result
+    }
+
+    fn assert_daemon_alive(&self) {
+        if let Some(child) = self.daemon.borrow_mut().as_mut() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the daemon exited with {status}: {}", self.daemon_log());
+            }
+        }
+    }
+
+    fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_oermesh"))
+        let output = Command::new(env!("CARGO_BIN_EXE_oermesh"))
             .args(args)
             .env("OERMESH_REPO", &self.repo)
             .env_remove("OERMESH_LOG")
             .current_dir(&self.work)
             .output()
-            .unwrap()
+            .unwrap();
+        // Commands must have gone through the daemon, not around a dead one.
+        self.assert_daemon_alive();
+        output
     }
 
     /// Runs a command that must succeed; returns its standard output.
@@ -108,9 +247,8 @@ fn init_creates_a_documented_repository_with_a_private_key() {
     assert!(out.contains(other.to_str().unwrap()));
 }
 
-#[test]
-fn add_cat_ls_get_round_trip_with_reference_cids() {
-    let node = Node::init();
+fn add_cat_ls_get_round_trip_with_reference_cids(mode: Mode) {
+    let node = Node::init_in(mode);
     let hello = node.write("hello.txt", b"hello world");
     let out = node.ok(&["add", hello.to_str().unwrap()]);
     assert_eq!(
@@ -178,9 +316,8 @@ fn add_cat_ls_get_round_trip_with_reference_cids() {
         .contains("nope.txt"));
 }
 
-#[test]
-fn export_and_import_carry_a_tree_between_repositories() {
-    let school_a = Node::init();
+fn export_and_import_carry_a_tree_between_repositories(mode: Mode) {
+    let school_a = Node::init_in(mode);
     school_a.write("unit/a.txt", &generated_bytes(2_000_000, 1));
     school_a.write("unit/b.txt", b"b");
     let root = school_a
@@ -191,7 +328,7 @@ fn export_and_import_carry_a_tree_between_repositories() {
     let out = school_a.ok(&["export", &root, "-o", &car]);
     assert!(out.contains("exported"), "{out}");
 
-    let school_b = Node::init();
+    let school_b = Node::init_in(mode);
     let imported = school_b.ok(&["import", &car]);
     assert!(imported.contains(&root), "{imported}");
     assert_eq!(school_b.ok(&["cat", &format!("{root}/b.txt")]), "b");
@@ -199,9 +336,8 @@ fn export_and_import_carry_a_tree_between_repositories() {
     assert!(school_b.run(&["verify"]).status.success());
 }
 
-#[test]
-fn a_damaged_car_imports_nothing() {
-    let source = Node::init();
+fn a_damaged_car_imports_nothing(mode: Mode) {
+    let source = Node::init_in(mode);
     source.write("unit/a.bin", &generated_bytes(1_500_000, 5));
     let root = source
         .ok(&["add", "-r", "-Q", &source.path("unit")])
@@ -211,7 +347,7 @@ fn a_damaged_car_imports_nothing() {
     source.ok(&["export", &root, "-o", &car_path]);
     let car = std::fs::read(&car_path).unwrap();
 
-    let target = Node::init();
+    let target = Node::init_in(mode);
     let mut flipped = car.clone();
     let at = flipped.len() - 1000;
     flipped[at] ^= 0x40;
@@ -234,9 +370,8 @@ fn a_damaged_car_imports_nothing() {
     assert!(target.run(&["cat", &root]).status.code() != Some(0));
 }
 
-#[test]
-fn corruption_on_disk_is_named_and_never_served() {
-    let node = Node::init();
+fn corruption_on_disk_is_named_and_never_served(mode: Mode) {
+    let node = Node::init_in(mode);
     let data = generated_bytes(1024 * 1024 * 2 + 5, 3);
     node.write("f.bin", &data);
     let root = node
@@ -267,9 +402,8 @@ fn corruption_on_disk_is_named_and_never_served() {
     );
 }
 
-#[test]
-fn pin_rm_and_gc_free_the_space() {
-    let node = Node::init();
+fn pin_rm_and_gc_free_the_space(mode: Mode) {
+    let node = Node::init_in(mode);
     node.write("f.bin", &generated_bytes(3_000_000, 8));
     let root = node
         .ok(&["add", "-Q", &node.path("f.bin")])
@@ -295,9 +429,8 @@ fn pin_rm_and_gc_free_the_space() {
         .contains("not in the store"));
 }
 
-#[test]
-fn bad_input_gets_one_clear_line() {
-    let node = Node::init();
+fn bad_input_gets_one_clear_line(mode: Mode) {
+    let node = Node::init_in(mode);
     assert!(node.fails(&["cat", "not-a-cid"]).contains("not-a-cid"));
     assert!(node
         .fails(&["add", &node.path("missing.txt")])
@@ -312,3 +445,22 @@ fn bad_input_gets_one_clear_line() {
     assert!(node.ok(&["verify"]).contains("all good"));
     assert_eq!(node.ok(&["pin", "ls"]), "");
 }
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.borrow_mut().take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+in_both_modes!(
+    add_cat_ls_get_round_trip_with_reference_cids,
+    export_and_import_carry_a_tree_between_repositories,
+    a_damaged_car_imports_nothing,
+    corruption_on_disk_is_named_and_never_served,
+    pin_rm_and_gc_free_the_space,
+    bad_input_gets_one_clear_line,
+);

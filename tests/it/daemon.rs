@@ -23,7 +23,9 @@ fn loopback_options(listen: &str) -> DaemonOptions {
 
 async fn start(root: &Path, options: DaemonOptions) -> Daemon {
     let (repo, _) = Repo::open_or_init(root).unwrap();
-    Daemon::start(Node::from_repo(repo).unwrap(), options).await.unwrap()
+    Daemon::start(Node::from_repo(repo).unwrap(), options)
+        .await
+        .unwrap()
 }
 
 /// A GET over a plain TCP stream: status code, lower-cased headers, body.
@@ -129,9 +131,12 @@ async fn a_daemon_on_an_empty_dir_creates_the_repository_and_serves_its_page_and
     let root = dir.path().join("node");
     let (repo, created) = Repo::open_or_init(&root).unwrap();
     assert!(created);
-    let daemon = Daemon::start(Node::from_repo(repo).unwrap(), loopback_options("/ip4/127.0.0.1/tcp/0"))
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        Node::from_repo(repo).unwrap(),
+        loopback_options("/ip4/127.0.0.1/tcp/0"),
+    )
+    .await
+    .unwrap();
     assert!(root.join("config.toml").is_file() && root.join("node.key").is_file());
     assert!(
         tcp_port(&daemon.listen_addrs()[0]) != 0,
@@ -200,9 +205,12 @@ async fn pins_show_on_the_page_and_in_the_status() {
     oermesh::block::BlockPut::put_block(&batch, &cid, data).unwrap();
     batch.commit().unwrap();
     repo.store().pin(&cid, "user").unwrap();
-    let daemon = Daemon::start(Node::from_repo(repo).unwrap(), loopback_options("/ip4/127.0.0.1/tcp/0"))
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        Node::from_repo(repo).unwrap(),
+        loopback_options("/ip4/127.0.0.1/tcp/0"),
+    )
+    .await
+    .unwrap();
 
     let (_, _, page) = http_get(&daemon, "/").await;
     assert!(page.contains(&cid.to_string()));
@@ -291,9 +299,12 @@ async fn records_and_collections_show_on_the_page_with_their_trust() {
     book.retract(&signing, &withdrawn.cid, "rights holder asked")
         .unwrap();
     drop(book);
-    let daemon = Daemon::start(Node::from_repo(repo).unwrap(), loopback_options("/ip4/127.0.0.1/tcp/0"))
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        Node::from_repo(repo).unwrap(),
+        loopback_options("/ip4/127.0.0.1/tcp/0"),
+    )
+    .await
+    .unwrap();
 
     let (_, _, page) = http_get(&daemon, "/").await;
     assert!(
@@ -399,7 +410,10 @@ async fn a_busy_http_port_is_reported_and_the_repository_released() {
         http_listen: Some(taken.local_addr().unwrap().to_string()),
         ..loopback_options("/ip4/127.0.0.1/tcp/0")
     };
-    let err = Daemon::start(Node::from_repo(repo).unwrap(), options).await.err().unwrap();
+    let err = Daemon::start(Node::from_repo(repo).unwrap(), options)
+        .await
+        .err()
+        .unwrap();
     assert!(
         err.to_string().contains("cannot serve the web page"),
         "{err}"

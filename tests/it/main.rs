@@ -1,5 +1,29 @@
 //! The integration test binary: one module per area.
 
+/// Runs each named test function (taking a `cli::Mode`) twice: on a repository the
+/// command line opens itself, and through a daemon that holds the repository.
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod direct {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(crate::cli::Mode::Direct)
+                }
+            )*
+        }
+        mod with_daemon {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(crate::cli::Mode::Daemon)
+                }
+            )*
+        }
+    };
+}
+
+mod api;
 mod car;
 mod cli;
 mod daemon;

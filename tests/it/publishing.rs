@@ -1,6 +1,6 @@
 //! Records, collections, trust and collection CARs through the `oermesh` binary.
 
-use crate::cli::Node;
+use crate::cli::{Mode, Node};
 
 /// Adds `text` as a file and signs a record for it; returns (content CID, record CID).
 fn publish_file(node: &Node, name: &str, text: &str, extra: &[&str]) -> (String, String) {
@@ -31,9 +31,8 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     assert!(status.success());
 }
 
-#[test]
-fn a_signed_record_shows_verifies_and_attributes() {
-    let node = Node::init();
+fn a_signed_record_shows_verifies_and_attributes(mode: Mode) {
+    let node = Node::init_in(mode);
     node.ok(&["key", "gen", "ministry"]);
     let (content, record) = publish_file(
         &node,
@@ -72,9 +71,8 @@ fn a_signed_record_shows_verifies_and_attributes() {
         .contains(&content));
 }
 
-#[test]
-fn licence_rules_refuse_incompatible_adaptations_and_add_nothing() {
-    let node = Node::init();
+fn licence_rules_refuse_incompatible_adaptations_and_add_nothing(mode: Mode) {
+    let node = Node::init_in(mode);
     node.ok(&["key", "gen", "school"]);
     let (_, sa_parent) = publish_file(
         &node,
@@ -152,9 +150,8 @@ fn licence_rules_refuse_incompatible_adaptations_and_add_nothing() {
         .contains("MIT"));
 }
 
-#[test]
-fn a_collection_travels_on_a_car_and_keeps_its_rules() {
-    let publisher = Node::init();
+fn a_collection_travels_on_a_car_and_keeps_its_rules(mode: Mode) {
+    let publisher = Node::init_in(mode);
     publisher.ok(&["key", "gen", "ministry"]);
     let (_, first) = publisher_file(&publisher, "one.md", "Lesson one");
     let (_, second) = publisher_file(&publisher, "two.md", "Lesson two");
@@ -184,7 +181,7 @@ fn a_collection_travels_on_a_car_and_keeps_its_rules() {
     let history = publisher.ok(&["collection", "history", &id]);
     assert_eq!(history.lines().count(), 2, "{history}");
 
-    let school = Node::init();
+    let school = Node::init_in(mode);
     let imported = school.ok(&["import", &v2]);
     assert!(
         imported.contains("version 2") && imported.contains("not trusted"),
@@ -242,9 +239,8 @@ fn publisher_file(node: &Node, name: &str, text: &str) -> (String, String) {
     )
 }
 
-#[test]
-fn two_different_versions_with_the_same_seq_are_an_equivocation() {
-    let publisher = Node::init();
+fn two_different_versions_with_the_same_seq_are_an_equivocation(mode: Mode) {
+    let publisher = Node::init_in(mode);
     publisher.ok(&["key", "gen", "k"]);
     let (_, a) = publisher_file(&publisher, "a.md", "a");
     let (_, b) = publisher_file(&publisher, "b.md", "b");
@@ -257,7 +253,7 @@ fn two_different_versions_with_the_same_seq_are_an_equivocation() {
 
     // The same key in a copied repository signs a different version 2.
     let twin_repo = publisher.work.join("twin");
-    copy_dir(&publisher.repo, &twin_repo);
+    publisher.with_daemon_stopped(|| copy_dir(&publisher.repo, &twin_repo));
     publisher.ok(&["collection", "add", "c", &b]);
     publisher.ok(&["collection", "publish", "c"]);
     publisher.ok(&["export", &id, "-o", &publisher.path("honest.car")]);
@@ -268,7 +264,7 @@ fn two_different_versions_with_the_same_seq_are_an_equivocation() {
     twin(&["collection", "publish", "c"]);
     twin(&["export", &id, "-o", &publisher.path("forked.car")]);
 
-    let school = Node::init();
+    let school = Node::init_in(mode);
     school.ok(&["import", &publisher.path("honest.car")]);
     let err = school.fails(&["import", &publisher.path("forked.car")]);
     assert!(err.to_lowercase().contains("equivocation"), "{err}");
@@ -278,9 +274,8 @@ fn two_different_versions_with_the_same_seq_are_an_equivocation() {
     );
 }
 
-#[test]
-fn a_retracted_record_is_hidden_everywhere_it_travels() {
-    let publisher = Node::init();
+fn a_retracted_record_is_hidden_everywhere_it_travels(mode: Mode) {
+    let publisher = Node::init_in(mode);
     publisher.ok(&["key", "gen", "k"]);
     let (_, kept) = publisher_file(&publisher, "kept.md", "kept");
     let (_, taken_down) = publisher_file(&publisher, "takedown.md", "licence problem");
@@ -312,7 +307,7 @@ fn a_retracted_record_is_hidden_everywhere_it_travels() {
 
     let car = publisher.path("c.car");
     publisher.ok(&["export", &id, "-o", &car]);
-    let school = Node::init();
+    let school = Node::init_in(mode);
     let imported = school.ok(&["import", &car]);
     assert!(imported.contains("1 retractions"), "{imported}");
     let shown = school.ok(&["collection", "show", &id]);
@@ -328,13 +323,12 @@ fn a_retracted_record_is_hidden_everywhere_it_travels() {
     assert!(gc.contains("removed 1 blocks"), "{gc}");
     assert!(publisher.ok(&["verify"]).contains("all good"));
     publisher.ok(&["export", &id, "-o", &publisher.path("after-gc.car")]);
-    Node::init().ok(&["import", &publisher.path("after-gc.car")]);
+    Node::init_in(mode).ok(&["import", &publisher.path("after-gc.car")]);
 }
 
-#[test]
-fn a_key_file_readable_by_others_is_refused() {
+fn a_key_file_readable_by_others_is_refused(mode: Mode) {
     use std::os::unix::fs::PermissionsExt;
-    let node = Node::init();
+    let node = Node::init_in(mode);
     node.ok(&["key", "gen", "k"]);
     let key_file = node.repo.join("keys/k.key");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -353,7 +347,7 @@ fn a_key_file_readable_by_others_is_refused() {
     let exported = node.path("moved.key");
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     node.ok(&["key", "export", "k", "-o", &exported]);
-    let other = Node::init();
+    let other = Node::init_in(mode);
     let imported = other.ok(&["key", "import", &exported]);
     let did = node
         .ok(&["key", "list"])
@@ -364,9 +358,8 @@ fn a_key_file_readable_by_others_is_refused() {
     assert_eq!(imported.trim(), format!("moved {did}"));
 }
 
-#[test]
-fn a_collection_car_carries_its_entries_not_the_works_they_adapt() {
-    let publisher = Node::init();
+fn a_collection_car_carries_its_entries_not_the_works_they_adapt(mode: Mode) {
+    let publisher = Node::init_in(mode);
     publisher.ok(&["key", "gen", "k"]);
     let (parent_content, parent) = publisher_file(&publisher, "original.md", "the original lesson");
     let (_, child) = publish_file(
@@ -393,7 +386,7 @@ fn a_collection_car_carries_its_entries_not_the_works_they_adapt() {
     let car = publisher.path("c.car");
     publisher.ok(&["export", &id, "-o", &car]);
 
-    let school = Node::init();
+    let school = Node::init_in(mode);
     assert!(school.ok(&["import", &car]).contains("1 records"));
     assert!(school.ok(&["collection", "show", &id]).contains("Adapted"));
     school.fails(&["cat", &parent_content]);
@@ -403,3 +396,13 @@ fn a_collection_car_carries_its_entries_not_the_works_they_adapt() {
         "the parent is named, not shipped"
     );
 }
+
+in_both_modes!(
+    a_signed_record_shows_verifies_and_attributes,
+    licence_rules_refuse_incompatible_adaptations_and_add_nothing,
+    a_collection_travels_on_a_car_and_keeps_its_rules,
+    two_different_versions_with_the_same_seq_are_an_equivocation,
+    a_retracted_record_is_hidden_everywhere_it_travels,
+    a_key_file_readable_by_others_is_refused,
+    a_collection_car_carries_its_entries_not_the_works_they_adapt,
+);
