@@ -11,7 +11,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use oermesh::block::MemoryBlocks;
 use oermesh::daemon::{Daemon, DaemonOptions};
-use oermesh::repo::Repo;
+use oermesh::node::Node;
 use oermesh::unixfs::importer::import_path;
 use oermesh::unixfs::profile::Profile;
 use serde_json::{json, Value};
@@ -25,14 +25,14 @@ const TOOL_ANSWER: Duration = Duration::from_secs(120);
 const POLL_DEADLINE: Duration = Duration::from_secs(60);
 
 async fn loopback_daemon(root: &Path) -> Daemon {
-    let (repo, _) = Repo::open_or_init(root).unwrap();
+    let (node, _) = Node::open_or_init(root).unwrap();
     let options = DaemonOptions {
         http_listen: Some("127.0.0.1:0".into()),
         listen: Some(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]),
         mdns: Some(false),
         static_peers: None,
     };
-    Daemon::start(repo, options).await.unwrap()
+    Daemon::start(node, options).await.unwrap()
 }
 
 fn dial_address(daemon: &Daemon) -> String {
