@@ -5,7 +5,7 @@
 //! bytes really are what its CID names. It knows nothing about where blocks live.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cid::Cid;
 use multihash::Multihash;
@@ -82,6 +82,16 @@ pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
 /// Something blocks can be read from. Implementations return only verified bytes.
 pub trait BlockGet {
     fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError>;
+
+    /// Whether the block is there, without reading it where the implementation can
+    /// tell otherwise (walks look up raw leaves this way instead of hashing them).
+    fn has_block(&self, cid: &Cid) -> Result<bool, BlockError> {
+        match self.get_block(cid) {
+            Ok(_) => Ok(true),
+            Err(BlockError::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
 }
 
 /// Something blocks can be written to. Writers may be called from several threads.
@@ -97,9 +107,38 @@ pub trait BlockPut: Sync {
     }
 }
 
+/// A block store that a garbage collector may sweep while others write to it.
+///
+/// Writing a block and then naming it somewhere gc looks for roots (a pin, a record
+/// index) are two steps; a gc between them would see an unnamed block. Writers therefore
+/// go through a hold: every block written or read through it is kept from gc until the
+/// hold is dropped, so a writer drops it only once what it wrote is named.
+pub trait HoldBlocks {
+    type Hold<'a>: BlockGet + BlockPut
+    where
+        Self: 'a;
+
+    fn hold(&self) -> Self::Hold<'_>;
+}
+
 impl<T: BlockGet + ?Sized> BlockGet for &T {
     fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
         (**self).get_block(cid)
+    }
+
+    fn has_block(&self, cid: &Cid) -> Result<bool, BlockError> {
+        (**self).has_block(cid)
+    }
+}
+
+impl<T: HoldBlocks + ?Sized> HoldBlocks for &T {
+    type Hold<'a>
+        = T::Hold<'a>
+    where
+        Self: 'a;
+
+    fn hold(&self) -> Self::Hold<'_> {
+        (**self).hold()
     }
 }
 
@@ -114,10 +153,11 @@ impl<T: BlockPut + ?Sized> BlockPut for &T {
 }
 
 /// Blocks held in memory: for computing CIDs without a repository (`add --only-hash`)
-/// and for staging a CAR before any of it is committed.
-#[derive(Default)]
+/// and for staging a CAR before any of it is committed. A cloned handle shares the
+/// same blocks.
+#[derive(Default, Clone)]
 pub struct MemoryBlocks {
-    blocks: Mutex<HashMap<Cid, Vec<u8>>>,
+    blocks: Arc<Mutex<HashMap<Cid, Vec<u8>>>>,
     keep_data: bool,
 }
 
@@ -125,7 +165,7 @@ impl MemoryBlocks {
     /// A block set that keeps every block's bytes.
     pub fn new() -> Self {
         MemoryBlocks {
-            blocks: Mutex::default(),
+            blocks: Arc::default(),
             keep_data: true,
         }
     }
@@ -133,7 +173,7 @@ impl MemoryBlocks {
     /// A sink that only counts: the bytes are dropped once hashed.
     pub fn discarding() -> Self {
         MemoryBlocks {
-            blocks: Mutex::default(),
+            blocks: Arc::default(),
             keep_data: false,
         }
     }
@@ -146,10 +186,17 @@ impl MemoryBlocks {
         self.len() == 0
     }
 
+    /// The blocks; taken without a copy when no other handle shares them.
     pub fn into_blocks(self) -> HashMap<Cid, Vec<u8>> {
-        self.blocks
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        match Arc::try_unwrap(self.blocks) {
+            Ok(blocks) => blocks
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Err(shared) => shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, Vec<u8>>> {
@@ -171,6 +218,19 @@ impl BlockGet for MemoryBlocks {
             .ok_or(BlockError::NotFound(*cid))?;
         verify(cid, &data)?;
         Ok(data)
+    }
+
+    fn has_block(&self, cid: &Cid) -> Result<bool, BlockError> {
+        Ok(cid.hash().code() == hash_code::IDENTITY || self.lock().contains_key(cid))
+    }
+}
+
+/// Nothing sweeps memory: a hold is the blocks themselves.
+impl HoldBlocks for MemoryBlocks {
+    type Hold<'a> = &'a MemoryBlocks;
+
+    fn hold(&self) -> &MemoryBlocks {
+        self
     }
 }
 

@@ -1,8 +1,8 @@
 //! Which blocks a block points to, and walking a DAG from its roots.
 //!
-//! Export, garbage-collection marking and repository verification all need the same
-//! walk: every reachable block once, each read through a [`BlockGet`] so that a corrupt
-//! stored block stops the walk instead of being passed on.
+//! Export, garbage-collection marking, repository verification, pinning and the
+//! completeness check of an import all need the same walk: every reachable block once.
+//! [`walk`] is that walk; each user says how it learns a block's children.
 
 use std::collections::HashSet;
 
@@ -81,27 +81,28 @@ pub fn get_verified<B: BlockGet + ?Sized>(store: &B, cid: &Cid) -> Result<Vec<u8
     store.get_block(cid)
 }
 
-/// Visits every block reachable from `roots` once, depth first, parents before children,
-/// children in link order, and returns how many blocks were visited.
+/// The one DAG walk: visits every block reachable from `roots` once, depth first,
+/// parents before children, children in link order, and returns how many blocks were
+/// visited. Blocks in `skip` are neither visited nor followed.
 ///
-/// Memory holds the set of visited CIDs and the CIDs still to visit, never block bytes
-/// beyond the one being visited. The first error (a missing or corrupt block, an
-/// undecodable one, or one from `visit`) stops the walk.
-pub fn walk_dag<B, E, F>(store: &B, roots: &[Cid], mut visit: F) -> Result<u64, E>
-where
-    B: BlockGet + ?Sized,
-    E: From<LinkError>,
-    F: FnMut(&Cid, &[u8]) -> Result<(), E>,
-{
-    let mut visited: HashSet<Cid> = HashSet::new();
+/// `step` is handed each block's CID and returns the CIDs to follow from it: it decides
+/// how to learn them (reading the block, looking a raw leaf up, asking a map of blocks
+/// already in memory) and what a missing block means (an error, or a note and no
+/// children). The first error stops the walk. Memory holds the CIDs visited and those
+/// still to visit, never block bytes.
+pub fn walk<E>(
+    roots: &[Cid],
+    skip: &[Cid],
+    mut step: impl FnMut(&Cid) -> Result<Vec<Cid>, E>,
+) -> Result<u64, E> {
+    let mut visited: HashSet<Cid> = skip.iter().copied().collect();
+    let skipped = visited.len();
     let mut pending: Vec<Cid> = roots.iter().rev().copied().collect();
     while let Some(cid) = pending.pop() {
         if !visited.insert(cid) {
             continue;
         }
-        let data = get_verified(store, &cid).map_err(LinkError::from)?;
-        let children = links(&cid, &data)?;
-        visit(&cid, &data)?;
+        let children = step(&cid)?;
         pending.extend(
             children
                 .into_iter()
@@ -109,53 +110,40 @@ where
                 .filter(|child| !visited.contains(child)),
         );
     }
-    Ok(visited.len() as u64)
+    Ok((visited.len() - skipped) as u64)
 }
 
-/// A problem a lenient walk found and stepped over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WalkProblem {
-    Missing,
-    Undecodable(String),
-}
-
-/// Like [`walk_dag`] but reports missing, corrupt and undecodable blocks and goes on;
-/// only a failure of the store itself stops it. Blocks in `skip` are not visited.
-pub fn walk_lenient<B: BlockGet + ?Sized>(
+/// The links of the block `cid` in `store`, or `None` if the store does not have it.
+/// Raw and identity blocks have no links, so they are only looked up, not read.
+pub fn children_if_present<B: BlockGet + ?Sized>(
     store: &B,
-    roots: &[Cid],
-    skip: &[Cid],
-    report: &mut dyn FnMut(&Cid, WalkProblem),
-) -> Result<(), BlockError> {
-    let mut seen: HashSet<Cid> = skip.iter().copied().collect();
-    let mut stack: Vec<Cid> = roots.iter().rev().copied().collect();
-    while let Some(cid) = stack.pop() {
-        if !seen.insert(cid) {
-            continue;
-        }
-        let data = match get_verified(store, &cid) {
-            Ok(data) => data,
-            Err(BlockError::NotFound(_)) => {
-                report(&cid, WalkProblem::Missing);
-                continue;
-            }
-            Err(err @ (BlockError::Corrupt(_) | BlockError::UnsupportedHash { .. })) => {
-                report(&cid, WalkProblem::Undecodable(err.to_string()));
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
-        match links(&cid, &data) {
-            Ok(children) => stack.extend(
-                children
-                    .into_iter()
-                    .rev()
-                    .filter(|child| !seen.contains(child)),
-            ),
-            Err(err) => report(&cid, WalkProblem::Undecodable(err.to_string())),
-        }
+    cid: &Cid,
+) -> Result<Option<Vec<Cid>>, LinkError> {
+    if matches!(cid.codec(), codec::RAW | IDENTITY_CODEC) {
+        return Ok(store.has_block(cid)?.then(Vec::new));
     }
-    Ok(())
+    match get_verified(store, cid) {
+        Ok(data) => Ok(Some(links(cid, &data)?)),
+        Err(BlockError::NotFound(_)) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Visits every block reachable from `roots` once, in the order of [`walk`], handing
+/// `visit` its verified bytes; returns how many blocks were visited. A missing, corrupt
+/// or undecodable block, or an error from `visit`, stops the walk.
+pub fn walk_dag<B, E, F>(store: &B, roots: &[Cid], mut visit: F) -> Result<u64, E>
+where
+    B: BlockGet + ?Sized,
+    E: From<LinkError>,
+    F: FnMut(&Cid, &[u8]) -> Result<(), E>,
+{
+    walk(roots, &[], |cid| {
+        let data = get_verified(store, cid).map_err(LinkError::from)?;
+        let children = links(cid, &data)?;
+        visit(cid, &data)?;
+        Ok(children)
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //! Import is all or nothing for what becomes visible: every block is verified against
 //! its CID, every record, head and retraction against its signature, and the head
 //! rules are checked, before any record is indexed, any head accepted or any root pinned.
+//! From the moment a block is written until it is named (indexed or pinned), the batch's
+//! hold keeps it from gc, as it keeps every block the CAR relies on without carrying it.
+//! Each block is hashed once: by the CAR reader.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
@@ -15,7 +18,7 @@ use crate::car::{CarError, CarReader, CarWriter, ExportSummary};
 use crate::links;
 use crate::records::book::kind_of;
 use crate::records::{CollectionId, Head, Kind, Record, RecordBook, RecordError, Retraction};
-use crate::store::{Store, StoreError};
+use crate::store::{GcHold, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -93,20 +96,35 @@ pub fn import_car<R: Read>(
     // Signed objects are small (records are capped at 64 KiB); keep them to check
     // signatures once the whole CAR has verified.
     let mut signed_blocks = Vec::new();
+    // The links of every other block that has any, learnt while its bytes are at hand,
+    // so that the completeness check reads nothing back.
+    let mut car_links: HashMap<Cid, Vec<Cid>> = HashMap::new();
     let batch = store.batch();
     while let Some(next) = reader.next_block() {
         let (cid, data) = next?;
-        batch.put_block(&cid, &data)?;
+        // The CAR reader has checked these bytes against the CID.
+        batch.put_hashed_block(&cid, &data)?;
         report.blocks += 1;
         report.bytes += data.len() as u64;
-        if cid.codec() == codec::DAG_CBOR {
-            if let Some(kind @ (Kind::Record | Kind::Head | Kind::Retraction)) = kind_of(&data) {
-                signed_blocks.push((cid, kind, data));
+        let signed_kind = match cid.codec() {
+            codec::DAG_CBOR => kind_of(&data)
+                .filter(|kind| matches!(kind, Kind::Record | Kind::Head | Kind::Retraction)),
+            _ => None,
+        };
+        match signed_kind {
+            Some(kind) => signed_blocks.push((cid, kind, data)),
+            // A block whose links cannot be read is left to the check, which reports it
+            // if anything leads to it.
+            None if cid.codec() != codec::RAW => {
+                if let Ok(children) = links::links(&cid, &data) {
+                    car_links.insert(cid, children);
+                }
             }
+            None => {}
         }
     }
     let signed = verify_signed(signed_blocks)?;
-    batch.commit()?;
+    let hold = batch.commit_held()?;
 
     let newest_heads = newest_per_collection(&signed.heads)?;
     for (id, (cid, bytes, head)) in newest_heads.values() {
@@ -120,7 +138,7 @@ pub fn import_car<R: Read>(
             }
             if head.seq == known && known_cid != *cid {
                 // Records the equivocation as evidence and reports it.
-                book.accept_head(bytes)?;
+                book.accept_verified_head(cid, bytes, head)?;
             }
         }
     }
@@ -150,11 +168,31 @@ pub fn import_car<R: Read>(
     let collection_roots = newest_heads
         .values()
         .map(|(_, (cid, _, head))| (head.entries, Some(*cid)));
+    let in_car = InCar {
+        links: &car_links,
+        signed: signed
+            .records
+            .iter()
+            .map(|(cid, bytes, _)| (*cid, bytes.as_slice()))
+            .chain(
+                signed
+                    .heads
+                    .iter()
+                    .map(|(cid, bytes, _)| (*cid, bytes.as_slice())),
+            )
+            .chain(
+                signed
+                    .retractions
+                    .iter()
+                    .map(|(cid, bytes, _)| (*cid, bytes.as_slice())),
+            )
+            .collect(),
+    };
     for (root, newest_head) in plain_roots
         .map(|root| (*root, None))
         .chain(collection_roots)
     {
-        let missing = missing_below(store, root, newest_head.as_ref(), &is_retracted)?;
+        let missing = missing_below(&hold, &in_car, root, newest_head.as_ref(), &is_retracted)?;
         if let Some(first) = missing.first() {
             return Err(TransferError::Incomplete {
                 root: root.to_string(),
@@ -168,12 +206,12 @@ pub fn import_car<R: Read>(
         book.store_verified_record(cid, bytes, record)?;
         report.records += 1;
     }
-    for (_, bytes, _) in &signed.retractions {
-        book.accept_retraction(bytes)?;
+    for (cid, bytes, retraction) in signed.retractions {
+        book.accept_verified_retraction(&cid, &bytes, retraction)?;
         report.retractions += 1;
     }
-    for (id, (_, bytes, _)) in newest_heads.into_values() {
-        let accepted = book.accept_head(&bytes)?;
+    for (id, (cid, bytes, head)) in newest_heads.into_values() {
+        let accepted = book.accept_verified_head(&cid, &bytes, &head)?;
         book.warm_listing(&id);
         report
             .collections
@@ -181,7 +219,7 @@ pub fn import_car<R: Read>(
     }
     for root in roots.iter().filter(|root| !signed_roots.contains(root)) {
         if !signed.records.iter().any(|(cid, _, _)| cid == root) {
-            store.pin(root, "import")?;
+            hold.pin(root, "import")?;
             report.pinned.push(*root);
         }
     }
@@ -267,28 +305,47 @@ fn collection_children(
     Ok(links::links(cid, data)?)
 }
 
+/// What an import learnt of its CAR's blocks while reading them.
+struct InCar<'a> {
+    /// The links of the blocks that have any, other than signed ones.
+    links: &'a HashMap<Cid, Vec<Cid>>,
+    /// The bytes of the signed blocks (records, heads, retractions).
+    signed: HashMap<Cid, &'a [u8]>,
+}
+
 /// Blocks below `root` (by [`collection_children`]) that the store does not hold,
-/// except those `may_be_missing` lets go.
+/// except those `may_be_missing` lets go. Blocks of the CAR are known without reading
+/// them; every other block is looked up (raw leaves) or read through `hold`, which keeps
+/// it from gc from then on: the import now relies on it.
 fn missing_below(
-    store: &Store,
+    hold: &GcHold,
+    in_car: &InCar<'_>,
     root: Cid,
     newest_head: Option<&Cid>,
     may_be_missing: &dyn Fn(&Cid) -> bool,
 ) -> Result<Vec<Cid>, TransferError> {
     let mut missing = Vec::new();
-    let mut visited = HashSet::new();
-    let mut stack = vec![root];
-    while let Some(cid) = stack.pop() {
-        if !visited.insert(cid) {
-            continue;
+    links::walk(&[root], &[], |cid| {
+        if let Some(children) = in_car.links.get(cid) {
+            return Ok(children.clone());
         }
-        match links::get_verified(store, &cid) {
-            Ok(data) => stack.extend(collection_children(&cid, &data, newest_head)?),
-            Err(BlockError::NotFound(_)) if may_be_missing(&cid) => {}
-            Err(BlockError::NotFound(_)) => missing.push(cid),
-            Err(err) => return Err(err.into()),
+        if let Some(data) = in_car.signed.get(cid) {
+            return collection_children(cid, data, newest_head);
         }
-    }
+        let present = if cid.codec() == codec::RAW {
+            hold.has_block(cid)?
+        } else {
+            match links::get_verified(hold, cid) {
+                Ok(data) => return collection_children(cid, &data, newest_head),
+                Err(BlockError::NotFound(_)) => false,
+                Err(err) => return Err(err.into()),
+            }
+        };
+        if !present && !may_be_missing(cid) {
+            missing.push(*cid);
+        }
+        Ok(Vec::new())
+    })?;
     Ok(missing)
 }
 
@@ -347,22 +404,13 @@ pub fn export_collection<W: Write>(
             summary.bytes += data.len() as u64;
             Ok(())
         };
-    let mut visited: HashSet<Cid> = skip;
-    let mut stack = vec![head_cid];
-    while let Some(cid) = stack.pop() {
-        if !visited.insert(cid) {
-            continue;
-        }
-        let data = links::get_verified(store, &cid)?;
-        write(&mut writer, &cid, &data)?;
-        let children = collection_children(&cid, &data, Some(&head_cid))?;
-        stack.extend(
-            children
-                .into_iter()
-                .rev()
-                .filter(|child| !visited.contains(child)),
-        );
-    }
+    let mut written: HashSet<Cid> = HashSet::new();
+    links::walk(&[head_cid], &skip_records, |cid| {
+        let data = links::get_verified(store, cid)?;
+        write(&mut writer, cid, &data)?;
+        written.insert(*cid);
+        collection_children(cid, &data, Some(&head_cid))
+    })?;
     // Retracted records travel without their content, so that the receiving node can
     // check that each retraction was signed by the record's own publisher.
     for retracted_record in &skip_records {
@@ -370,7 +418,7 @@ pub fn export_collection<W: Write>(
         write(&mut writer, retracted_record, &data)?;
     }
     for retraction in &retractions {
-        if visited.insert(*retraction) {
+        if written.insert(*retraction) {
             let data = store.get_block(retraction)?;
             write(&mut writer, retraction, &data)?;
         }

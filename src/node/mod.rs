@@ -249,11 +249,11 @@ impl Node {
     }
 
     /// Removes every block that neither a pin nor the record layer holds.
+    /// The record layer's roots are read once the gc has begun (see `Store::gc_with`).
     pub fn gc(&self) -> Result<crate::store::GcReport> {
         let book = self.records();
         book.clear_listing_cache()?;
-        let roots = book.gc_roots()?;
-        Ok(self.store().gc(&roots.keep, &roots.retracted)?)
+        self.store().gc_with(|| record_roots(&book), |_| {})
     }
 
     pub fn stat(&self) -> Result<StatView> {
@@ -270,8 +270,8 @@ impl Node {
 
     /// Re-hashes every block and checks that every pinned or record-layer DAG is complete.
     pub fn verify(&self) -> Result<VerifyView> {
-        let roots = self.records().gc_roots()?;
-        let report = self.store().verify(&roots.keep, &roots.retracted)?;
+        let book = self.records();
+        let report = self.store().verify_with(|| record_roots(&book))?;
         Ok(VerifyView {
             blocks_checked: report.blocks_checked,
             bytes_checked: report.bytes_checked,
@@ -745,10 +745,19 @@ impl Node {
     }
 }
 
+/// What the record layer keeps, as gc and verify take it.
+fn record_roots(book: &RecordBook<Store>) -> Result<crate::store::GcRoots> {
+    let roots = book.gc_roots()?;
+    Ok(crate::store::GcRoots {
+        keep: roots.keep,
+        let_go: roots.retracted,
+    })
+}
+
 /// Where an `add` puts what it is handed: a [`TreeSink`] for trees walked on this machine,
 /// and [`AddSession::file_from`] for bytes that arrive from elsewhere.
 pub struct AddSession<'a> {
-    builder: TreeBuilder<'a, crate::store::WriteBatch<'a>>,
+    builder: TreeBuilder<'a, crate::store::WriteBatch>,
 }
 
 impl AddSession<'_> {

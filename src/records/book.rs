@@ -1,8 +1,14 @@
 //! `RecordBook`: the record layer's local state and the operations the command line uses.
 //!
-//! Blocks go to the block store given (`BlockPut`); indexes and the state of this node's own
-//! collections go to sled trees named `records/...`. Blocks are always written before the index
-//! entries that point at them, and nothing is written for an object that is refused.
+//! Blocks go to the block store given, through a hold ([`HoldBlocks`]) kept until the index
+//! entries that name them are written, so that a concurrent gc never finds them unnamed;
+//! indexes and the state of this node's own collections go to sled trees named
+//! `records/...`. Blocks are always written before the index entries that point at them,
+//! and nothing is written for an object that is refused. A draft is edited or published by
+//! one thread at a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use cid::Cid;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -16,7 +22,7 @@ use super::licence::{check_adaptation, LicenceWarning, ParentWork};
 use super::provenance::{self, ProvenanceNode};
 use super::record::{attribution, Record, RecordDraft};
 use super::trust::TrustedPublishers;
-use crate::block::{cid_v1, codec as block_codec, BlockError, BlockGet, BlockPut};
+use crate::block::{cid_v1, codec as block_codec, BlockError, BlockGet, BlockPut, HoldBlocks};
 use crate::keys;
 
 const TREE_SUMMARIES: &str = "records/summaries";
@@ -25,6 +31,8 @@ const TREE_META: &str = "records/meta";
 /// Bumped after every change to the summaries index; listing caches of an older
 /// generation are stale.
 const SUMMARY_GENERATION: &[u8] = b"summary-generation";
+/// A random name for this database, so that books opened over it share draft locks.
+const DATABASE_ID: &[u8] = b"database-id";
 const TREE_BY_CONTENT: &str = "records/by-content";
 const TREE_RETRACTIONS: &str = "records/retractions";
 const TREE_HEADS: &str = "records/heads";
@@ -212,9 +220,16 @@ pub struct GcRoots {
     pub retracted: Vec<Cid>,
 }
 
+/// Locks of the drafts being edited or published, shared by every book over the same
+/// database in this process: a book is opened per command or request, and the lock must
+/// span them all. Keyed by database id and draft name.
+type DraftLocks = HashMap<(u128, String), Weak<Mutex<()>>>;
+static DRAFT_LOCKS: LazyLock<Mutex<DraftLocks>> = LazyLock::new(Mutex::default);
+
 /// The record layer's local state over a sled database and a block store.
 pub struct RecordBook<B> {
     db: sled::Db,
+    database_id: u128,
     blocks: B,
     trusted: TrustedPublishers,
     summaries: sled::Tree,
@@ -385,6 +400,22 @@ impl<'a> SummaryScan<'a> {
     }
 }
 
+/// The database's id, made on first use.
+fn database_id(meta: &sled::Tree) -> Result<u128> {
+    if meta.get(DATABASE_ID)?.is_none() {
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id)
+            .map_err(|e| damaged(format!("no randomness for the database id: {e}")))?;
+        // Another book opening at the same moment may have set it first; either is fine.
+        let _ = meta.compare_and_swap(DATABASE_ID, None as Option<&[u8]>, Some(&id[..]))?;
+    }
+    let id = meta
+        .get(DATABASE_ID)?
+        .and_then(|value| Some(u128::from_le_bytes(*value.first_chunk::<16>()?)))
+        .ok_or_else(|| damaged("database id"))?;
+    Ok(id)
+}
+
 fn transaction_error(error: TransactionError<RecordError>) -> RecordError {
     match error {
         TransactionError::Abort(inner) => inner,
@@ -399,10 +430,12 @@ enum HeadCheck {
     Equivocation { known: Cid },
 }
 
-impl<B: BlockGet + BlockPut> RecordBook<B> {
+impl<B: BlockGet + HoldBlocks> RecordBook<B> {
     /// Opens (creating if needed) the record layer's trees in `db`.
     pub fn open(db: &sled::Db, blocks: B, trusted: TrustedPublishers) -> Result<RecordBook<B>> {
+        let meta = db.open_tree(TREE_META)?;
         Ok(RecordBook {
+            database_id: database_id(&meta)?,
             summaries: db.open_tree(TREE_SUMMARIES)?,
             by_content: db.open_tree(TREE_BY_CONTENT)?,
             retractions: db.open_tree(TREE_RETRACTIONS)?,
@@ -411,11 +444,26 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             equivocations: db.open_tree(TREE_EQUIVOCATIONS)?,
             drafts: db.open_tree(TREE_DRAFTS)?,
             listing_cache: db.open_tree(TREE_LISTING_CACHE)?,
-            meta: db.open_tree(TREE_META)?,
+            meta,
             db: db.clone(),
             blocks,
             trusted,
         })
+    }
+
+    /// The lock of one draft: held while the draft is edited or published.
+    fn draft_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut locks = DRAFT_LOCKS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        let key = (self.database_id, name.to_string());
+        if let Some(lock) = locks.get(&key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&lock));
+        lock
     }
 
     pub fn blocks(&self) -> &B {
@@ -459,7 +507,9 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         }
         let warnings = check_adaptation(&child_licence, &parents)?;
         let (cid, record, bytes) = Record::sign(key, draft)?;
-        self.blocks.put_block(&cid, &bytes)?;
+        // Held until indexed: the index is what keeps the record from gc afterwards.
+        let hold = self.blocks.hold();
+        hold.put_hashed_block(&cid, &bytes)?;
         self.index_record(&cid, &record)?;
         Ok(SignedRecord {
             cid,
@@ -478,15 +528,16 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     }
 
     /// Stores and indexes a record that `Record::decode_and_verify` has just accepted
-    /// from these very bytes: an import checks every signature before it accepts
-    /// anything, and need not check them twice.
+    /// from these very bytes, which `cid` names: an import checks every signature and
+    /// every hash before it accepts anything, and need not check them twice.
     pub(crate) fn store_verified_record(
         &self,
         cid: &Cid,
         bytes: &[u8],
         record: &Record,
     ) -> Result<()> {
-        self.blocks.put_block(cid, bytes)?;
+        let hold = self.blocks.hold();
+        hold.put_hashed_block(cid, bytes)?;
         self.index_record(cid, record)
     }
 
@@ -618,6 +669,19 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     /// locally, since its publisher is what the retraction is checked against.
     pub fn accept_retraction(&self, bytes: &[u8]) -> Result<Cid> {
         let retraction = Retraction::decode_and_verify(bytes)?;
+        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
+        self.accept_verified_retraction(&cid, bytes, retraction)?;
+        Ok(cid)
+    }
+
+    /// Accepts a retraction that `Retraction::decode_and_verify` has just accepted from
+    /// these very bytes, which `cid` names.
+    pub(crate) fn accept_verified_retraction(
+        &self,
+        cid: &Cid,
+        bytes: &[u8],
+        retraction: Retraction,
+    ) -> Result<()> {
         let record = match self.load_record(&retraction.record) {
             Err(RecordError::Block(BlockError::NotFound(cid))) => {
                 return Err(RecordError::UnknownRecord(cid))
@@ -633,8 +697,8 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 },
             )));
         }
-        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
-        self.blocks.put_block(&cid, bytes)?;
+        let hold = self.blocks.hold();
+        hold.put_hashed_block(cid, bytes)?;
         let key = retraction.record.to_bytes();
         let summary = RecordSummary {
             title: record.title,
@@ -651,8 +715,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 Ok::<_, ConflictableTransactionError<RecordError>>(())
             })
             .map_err(transaction_error)?;
-        self.bump_summary_generation()?;
-        Ok(cid)
+        self.bump_summary_generation()
     }
 
     /// The retraction block of a retracted record.
@@ -688,7 +751,8 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     ) -> Result<CollectionId> {
         let id = CollectionId::new(*publisher, name)?;
         keys::validate_key_name(key_name)?;
-        let empty = entries::write_empty(&self.blocks)?;
+        let hold = self.blocks.hold();
+        let empty = entries::write_empty(&hold)?;
         let state = DraftState {
             key_name: key_name.to_string(),
             publisher: keys::did_key(publisher),
@@ -751,8 +815,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         additions: Vec<Entry>,
         removals: &[Cid],
     ) -> Result<EditOutcome> {
+        let lock = self.draft_lock(name);
+        let _editing = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hold = self.blocks.hold();
         let mut state = self.draft(name)?;
-        let outcome = entries::edit(&self.blocks, &state.entries, additions, removals)?;
+        let outcome = entries::edit(&hold, &state.entries, additions, removals)?;
         state.entries = outcome.root;
         state.entry_count = outcome.count;
         self.save_draft(name, &state)?;
@@ -769,6 +836,11 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     /// The new seq is made durable (sled flush) before the head is returned, so a crash can
     /// never lead this node to sign two different heads with the same seq.
     pub fn publish(&self, name: &str, key: &SigningKey) -> Result<Published> {
+        // One publish or edit of a draft at a time: two publishes reading the same seq
+        // would sign two different heads with it.
+        let lock = self.draft_lock(name);
+        let _publishing = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hold = self.blocks.hold();
         let mut state = self.draft(name)?;
         let signer = keys::did_key(&key.verifying_key());
         if signer != state.publisher {
@@ -789,7 +861,7 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
         };
         let (head_cid, head, bytes) = Head::sign(key, draft)?;
         let id = head.collection_id()?;
-        self.blocks.put_block(&head_cid, &bytes)?;
+        hold.put_hashed_block(&head_cid, &bytes)?;
         state.published_seq = seq;
         state.published_head = Some(head_cid);
         let draft_value = to_cbor(&state)?;
@@ -840,9 +912,21 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
     /// one is refused.
     pub fn accept_head(&self, bytes: &[u8]) -> Result<AcceptedHead> {
         let head = Head::decode_and_verify(bytes)?;
+        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
+        self.accept_verified_head(&cid, bytes, &head)
+    }
+
+    /// Accepts a head that `Head::decode_and_verify` has just accepted from these very
+    /// bytes, which `cid` names (an import checks every signature and hash once).
+    pub(crate) fn accept_verified_head(
+        &self,
+        cid: &Cid,
+        bytes: &[u8],
+        head: &Head,
+    ) -> Result<AcceptedHead> {
+        let cid = *cid;
         let id = head.collection_id()?;
         let id_text = id.to_string();
-        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
         let trusted = self.trusted.is_trusted(&head.publisher);
         match self.check_head(&id_text, head.seq, &cid)? {
             HeadCheck::SameAsNewest => {
@@ -862,7 +946,8 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
                 })
             }
             HeadCheck::Equivocation { known } => {
-                self.blocks.put_block(&cid, bytes)?;
+                let hold = self.blocks.hold();
+                hold.put_hashed_block(&cid, bytes)?;
                 let mut key = seq_key(&id_text, head.seq);
                 key.extend_from_slice(&cid.to_bytes());
                 self.equivocations.insert(key, known.to_bytes())?;
@@ -875,7 +960,8 @@ impl<B: BlockGet + BlockPut> RecordBook<B> {
             }
             HeadCheck::Fresh => {}
         }
-        self.blocks.put_block(&cid, bytes)?;
+        let hold = self.blocks.hold();
+        hold.put_hashed_block(&cid, bytes)?;
         let seq = head.seq;
         // Checked again inside the transaction so two concurrent heads cannot both win.
         let outcome = (&self.heads, &self.head_log)

@@ -120,7 +120,7 @@ fn put<S: BlockPut + ?Sized, T: Serialize>(store: &S, kind: Kind, value: &T) -> 
         });
     }
     let cid = cid_v1(block_codec::DAG_CBOR, &bytes);
-    store.put_block(&cid, &bytes)?;
+    store.put_hashed_block(&cid, &bytes)?;
     Ok(cid)
 }
 

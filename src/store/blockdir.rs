@@ -2,7 +2,7 @@
 //!
 //! A block file is written under `tmp/`, then renamed into `blocks/`; nothing refers to
 //! it until the sled index entry for it commits, and that happens only after the
-//! files have been synced (see `Store::commit`). A file in `blocks/` without an index
+//! files have been synced (see `WriteBatch::commit_held`). A file in `blocks/` without an index
 //! entry is an orphan left by a crash: reads never see it and `gc` deletes it.
 
 use std::fs::{self, File};
@@ -99,10 +99,13 @@ impl BlockDir {
         ))
     }
 
-    pub(crate) fn read(&self, hash: &Multihash<64>, size_hint: u64) -> io::Result<Vec<u8>> {
-        let mut file = File::open(self.path_of(hash))?;
-        let mut data = Vec::with_capacity(size_hint as usize);
-        file.read_to_end(&mut data)?;
+    /// Reads the block file of `hash`, which its index entry says holds `size` bytes (the
+    /// caller has checked that against the largest block size). At most one byte more is
+    /// read: enough to tell a longer file from a whole one.
+    pub(crate) fn read(&self, hash: &Multihash<64>, size: u64) -> io::Result<Vec<u8>> {
+        let file = File::open(self.path_of(hash))?;
+        let mut data = Vec::with_capacity(size as usize);
+        file.take(size + 1).read_to_end(&mut data)?;
         Ok(data)
     }
 

@@ -26,6 +26,7 @@ macro_rules! in_both_modes {
 mod api;
 mod car;
 mod cli;
+mod concurrency;
 mod daemon;
 mod gen;
 mod interop;

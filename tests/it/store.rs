@@ -210,6 +210,9 @@ fn pins_hold_while_any_reason_remains() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let cid = cid_v1(codec::RAW, b"x");
+    let batch = store.batch();
+    batch.put_block(&cid, b"x").unwrap();
+    batch.commit().unwrap();
     store.pin(&cid, "user").unwrap();
     store.pin(&cid, "collection:abc").unwrap();
     assert_eq!(
@@ -240,4 +243,33 @@ fn a_repository_is_opened_by_one_process_at_a_time() {
     drop(first);
     Repo::open(&root).unwrap();
     assert!(matches!(Repo::init(&root), Err(RepoError::Exists(_))));
+}
+
+#[test]
+fn an_index_entry_claiming_a_huge_block_is_damage_not_an_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = generated_bytes(100_000, 9);
+    let cid = cid_v1(codec::RAW, &data);
+    {
+        let store = open(dir.path());
+        let batch = store.batch();
+        batch.put_block(&cid, &data).unwrap();
+        batch.commit_and_pin(&[cid], "user").unwrap();
+    }
+    {
+        // The entry of a block file: tag 1, then the size; here one far above any block.
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let mut entry = vec![1u8];
+        entry.extend_from_slice(&(64u64 << 30).to_le_bytes());
+        db.open_tree("blocks")
+            .unwrap()
+            .insert(cid.hash().to_bytes(), entry)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    let err = store.get_block(&cid).unwrap_err();
+    assert!(err.to_string().contains("damaged index entry"), "{err}");
+    let report = store.verify(&[], &[]).unwrap();
+    assert_eq!(report.damage, vec![Damage::DamagedEntry(cid.to_string())]);
 }
