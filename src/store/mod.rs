@@ -171,22 +171,25 @@ impl Store {
         Ok(store)
     }
 
-    /// A store written before the totals were kept gets them counted once.
+    /// A store written before the totals were kept gets them counted once. Absent
+    /// totals over an empty index are zero, and are written with the first block (a
+    /// store that is only opened writes nothing).
     fn count_if_uncounted(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        if inner
-            .index
-            .get(TOTALS_KEY)?
-            .and_then(|value| Totals::decode(&value))
-            .is_none()
-        {
+        let uncounted = match inner.index.get(TOTALS_KEY)? {
+            Some(value) => Totals::decode(&value).is_none(),
+            None => inner.index.range(FIRST_BLOCK_KEY..).next().is_some(),
+        };
+        if uncounted {
             let mut totals = Totals::default();
             for item in inner.index.range(FIRST_BLOCK_KEY..) {
                 totals.add(&item?.1);
             }
             inner.index.insert(TOTALS_KEY, totals.encode())?;
         }
-        if inner.pins.get(PIN_COUNT_KEY)?.is_none() {
+        if inner.pins.get(PIN_COUNT_KEY)?.is_none()
+            && inner.pins.range(FIRST_PIN_KEY..).next().is_some()
+        {
             let count = inner.pins.range(FIRST_PIN_KEY..).count() as u64;
             inner.pins.insert(PIN_COUNT_KEY, &count.to_le_bytes())?;
         }
@@ -332,10 +335,11 @@ impl Store {
     }
 
     fn totals(&self) -> Result<Totals, StoreError> {
-        let value = self.inner.index.get(TOTALS_KEY)?;
-        value
-            .and_then(|value| Totals::decode(&value))
-            .ok_or_else(|| StoreError::DamagedIndex("store totals".into()))
+        match self.inner.index.get(TOTALS_KEY)? {
+            None => Ok(Totals::default()),
+            Some(value) => Totals::decode(&value)
+                .ok_or_else(|| StoreError::DamagedIndex("store totals".into())),
+        }
     }
 
     /// Waits until everything written so far is on disk.
