@@ -129,16 +129,49 @@ fn hash_round(name: &str, round: usize) -> u64 {
     murmur3_x64_128(&salted, 0).0
 }
 
+/// The largest fanout a shard node may declare; kubo and js-unixfs write 256.
+pub const MAX_FANOUT: u64 = 4096;
+
 /// Bits per level for a shard node's `fanout` field: `None` unless it is a power of two
-/// from 2 to 2^16, since a bucket must be a whole number of hash bits and labels stay short.
+/// from 2 to [`MAX_FANOUT`], since a bucket must be a whole number of hash bits.
 pub fn fanout_bits(fanout: u64) -> Option<u32> {
-    (fanout.is_power_of_two() && (2..=1 << 16).contains(&fanout)).then(|| fanout.trailing_zeros())
+    (fanout.is_power_of_two() && (2..=MAX_FANOUT).contains(&fanout))
+        .then(|| fanout.trailing_zeros())
+}
+
+/// Hex digits of a bucket index in a label: the width of `fanout - 1`.
+fn label_width(fanout: usize) -> usize {
+    format!("{:X}", fanout.saturating_sub(1)).len()
 }
 
 /// Upper-case hex of `index`, padded to the width of `fanout - 1` ("00".."FF" for 256).
 pub fn label_prefix(index: usize, fanout: usize) -> String {
-    let width = format!("{:X}", fanout.saturating_sub(1)).len();
+    let width = label_width(fanout);
     format!("{index:0width$X}")
+}
+
+/// Why a shard node's links cannot be followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("unsupported HAMT fanout {0}")]
+    Fanout(u64),
+    #[error("HAMT link without a name")]
+    UnnamedLink,
+    #[error("HAMT link name {0:?} does not start with a bucket index")]
+    BadLabel(String),
+}
+
+/// Splits a shard link's name into its bucket index and the entry's name (empty for a
+/// link to a sub-shard), for a shard whose fanout is `fanout`.
+pub fn split_label(label: &str, fanout: u64) -> Result<(usize, &str), ShardError> {
+    let width = label_width(usize::try_from(fanout).map_err(|_| ShardError::Fanout(fanout))?);
+    let bad = || ShardError::BadLabel(label.to_string());
+    let prefix = label.get(..width).ok_or_else(bad)?;
+    if !prefix.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let index = usize::from_str_radix(prefix, 16).map_err(|_| bad())?;
+    Ok((index, &label[width..]))
 }
 
 /// The occupied-bucket bitfield as a shard node stores it: big endian, bucket `i` at bit
@@ -167,28 +200,31 @@ pub enum ShardStep<'a> {
 }
 
 /// Finds where `name` lives among the `links` of a shard node at `depth` (0 for the root
-/// node) whose `fanout` field is `fanout`. `None` if the fanout is not one a shard can have.
+/// node) whose `fanout` field is `fanout`: the one lookup every reader of shards uses.
+/// Every link's label is checked, not only those of the name's bucket, so a damaged shard
+/// is refused the same way whatever is looked up in it.
 pub fn lookup_step<'a>(
     links: &'a [PbLink],
     name: &str,
     depth: usize,
     fanout: u64,
-) -> Option<ShardStep<'a>> {
-    let bits = fanout_bits(fanout)?;
-    let prefix = label_prefix(bucket_index(name, depth, bits), fanout as usize);
-    let step = links
-        .iter()
-        .find_map(|link| {
-            let rest = link.name.as_deref()?.strip_prefix(prefix.as_str())?;
-            match rest {
-                "" => Some(ShardStep::Descend(link)),
-                _ if rest == name => Some(ShardStep::Found(link)),
-                // The bucket holds a different entry.
-                _ => Some(ShardStep::Absent),
-            }
-        })
-        .unwrap_or(ShardStep::Absent);
-    Some(step)
+) -> Result<ShardStep<'a>, ShardError> {
+    let bits = fanout_bits(fanout).ok_or(ShardError::Fanout(fanout))?;
+    let bucket = bucket_index(name, depth, bits);
+    let mut step = ShardStep::Absent;
+    for link in links {
+        let label = link.name.as_deref().ok_or(ShardError::UnnamedLink)?;
+        let (index, entry) = split_label(label, fanout)?;
+        if index != bucket {
+            continue;
+        }
+        if entry.is_empty() {
+            step = ShardStep::Descend(link);
+        } else if entry == name {
+            return Ok(ShardStep::Found(link));
+        }
+    }
+    Ok(step)
 }
 
 /// Builds the shard for a directory's entries, writing every shard node to `sink`.
@@ -340,7 +376,7 @@ mod tests {
         // Tsize: every shard node once, plus each entry's own Tsize.
         let shard_bytes: usize = blocks.into_blocks().values().map(Vec::len).sum();
         assert_eq!(tsize, shard_bytes as u64 + 2 * 1000);
-        assert_eq!(lookup_step(&[], "x", 0, 255), None);
+        assert_eq!(lookup_step(&[], "x", 0, 255), Err(ShardError::Fanout(255)));
     }
 
     #[test]
@@ -350,7 +386,22 @@ mod tests {
         assert_eq!(fanout_bits(0), None);
         assert_eq!(fanout_bits(1), None);
         assert_eq!(fanout_bits(255), None);
-        assert_eq!(fanout_bits(1 << 20), None);
+        assert_eq!(fanout_bits(4096), Some(12));
+        assert_eq!(fanout_bits(8192), None);
+    }
+
+    #[test]
+    fn labels_need_a_hex_bucket_index() {
+        assert_eq!(split_label("0Aname", 256), Ok((10, "name")));
+        assert_eq!(split_label("FF", 256), Ok((255, "")));
+        assert_eq!(split_label("5x", 16), Ok((5, "x")));
+        for bad in ["+F", "é", "A"] {
+            assert_eq!(
+                split_label(bad, 256),
+                Err(ShardError::BadLabel(bad.into())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -636,3 +636,43 @@ fn gc_in_a_loop_beside_24_adds_and_8_publishes_loses_nothing() {
     );
     assert_verify_clean(repo.store());
 }
+
+/// Blocks in memory that note which threads fetch them.
+#[derive(Clone)]
+struct Watched {
+    blocks: oermesh::block::MemoryBlocks,
+    fetchers: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>>,
+}
+
+impl BlockGet for Watched {
+    fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
+        self.fetchers
+            .lock()
+            .unwrap()
+            .insert(std::thread::current().id());
+        self.blocks.get_block(cid)
+    }
+}
+
+#[test]
+fn reads_fetch_ahead_on_one_shared_pool_of_threads() {
+    const READS: usize = 20;
+    let watched = Watched {
+        blocks: oermesh::block::MemoryBlocks::new(),
+        fetchers: Default::default(),
+    };
+    let data = generated_bytes(2 * MIB + 3, 51);
+    let profile = Profile::UNIXFS_V1_2025.with_chunker("size-65536").unwrap();
+    let root = importer::import_reader(&data[..], &profile, &watched.blocks, &|_| {})
+        .unwrap()
+        .cid;
+    for _ in 0..READS {
+        assert_eq!(read_back(&watched, &root), data);
+    }
+    // The calling thread, and the pool's threads (at most 8): never threads of a read's own.
+    let fetchers = watched.fetchers.lock().unwrap().len();
+    assert!(
+        (2..=9).contains(&fetchers),
+        "{fetchers} threads fetched blocks over {READS} reads"
+    );
+}
