@@ -21,6 +21,7 @@ use ipld_core::ipld::Ipld;
 
 use crate::block::{verify, BlockError, BlockGet};
 use crate::links::{walk_dag, LinkError};
+use crate::varint;
 
 /// The largest header accepted: room for about 25,000 roots.
 pub const MAX_HEADER_BYTES: u64 = 1 << 20;
@@ -95,7 +96,7 @@ impl<W: Write> CarWriter<W> {
             });
         }
         let mut prefix = Vec::with_capacity(MAX_VARINT_BYTES);
-        put_varint(&mut prefix, header.len() as u64);
+        varint::put(&mut prefix, header.len() as u64);
         out.write_all(&prefix)?;
         out.write_all(&header)?;
         Ok(CarWriter { out })
@@ -114,7 +115,7 @@ impl<W: Write> CarWriter<W> {
         }
         let cid_bytes = cid.to_bytes();
         let mut prefix = Vec::with_capacity(MAX_VARINT_BYTES + cid_bytes.len());
-        put_varint(&mut prefix, (cid_bytes.len() + data.len()) as u64);
+        varint::put(&mut prefix, (cid_bytes.len() + data.len()) as u64);
         prefix.extend_from_slice(&cid_bytes);
         self.out.write_all(&prefix)?;
         self.out.write_all(data)?;
@@ -223,12 +224,12 @@ impl<R: Read> CarReader<R> {
     /// Reads an unsigned varint; `None` if the input ends before its first byte.
     fn read_varint(&mut self, what: &'static str) -> Result<Option<u64>, CarError> {
         let start = self.offset;
-        let mut value = 0u64;
-        for index in 0..MAX_VARINT_BYTES {
+        let mut decoder = varint::Decoder::new(MAX_VARINT_BYTES);
+        loop {
             let mut byte = [0u8; 1];
             if let Err(err) = self.input.read_exact(&mut byte) {
                 return match err.kind() {
-                    io::ErrorKind::UnexpectedEof if index == 0 => Ok(None),
+                    io::ErrorKind::UnexpectedEof if self.offset == start => Ok(None),
                     io::ErrorKind::UnexpectedEof => Err(CarError::Truncated {
                         what,
                         offset: start,
@@ -237,12 +238,12 @@ impl<R: Read> CarReader<R> {
                 };
             }
             self.offset += 1;
-            value |= u64::from(byte[0] & 0x7f) << (7 * index);
-            if byte[0] & 0x80 == 0 {
-                return Ok(Some(value));
+            match decoder.push(byte[0]) {
+                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(None) => {}
+                Err(_) => return Err(CarError::BadVarint { offset: start }),
             }
         }
-        Err(CarError::BadVarint { offset: start })
     }
 
     fn read_exact_vec(
@@ -302,14 +303,6 @@ fn decode_header(bytes: &[u8]) -> Result<Vec<Cid>, CarError> {
         return Err(CarError::NoRoots);
     }
     Ok(roots)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 /// What [`export_dag`] wrote.

@@ -10,7 +10,7 @@ use cid::Cid;
 use ipld_core::ipld::Ipld;
 
 use crate::block::{codec, hash_code, BlockError, BlockGet};
-use crate::unixfs::pb::{PbError, PbNode};
+use crate::dag_pb::{PbError, PbNode};
 
 /// Multicodec of the `identity` format: opaque bytes, like raw.
 const IDENTITY_CODEC: u64 = 0x00;
@@ -150,7 +150,7 @@ where
 mod tests {
     use super::*;
     use crate::block::{cid_v1, BlockPut, MemoryBlocks};
-    use crate::unixfs::pb::PbLink;
+    use crate::dag_pb::PbLink;
     use std::collections::BTreeMap;
 
     #[test]

@@ -16,7 +16,7 @@ use cid::Cid;
 use crate::block::{codec, BlockError, BlockGet, BlockPut};
 use crate::car::{CarError, CarReader, CarWriter, ExportSummary};
 use crate::links;
-use crate::records::book::kind_of;
+use crate::records::codec::kind_of;
 use crate::records::{CollectionId, Head, Kind, Record, RecordBook, RecordError, Retraction};
 use crate::store::{GcHold, Store, StoreError};
 

@@ -27,6 +27,19 @@ impl Kind {
         }
     }
 
+    /// The kind whose tag is `tag`.
+    pub fn from_tag(tag: &str) -> Option<Kind> {
+        [
+            Kind::Record,
+            Kind::Head,
+            Kind::Retraction,
+            Kind::EntryRoot,
+            Kind::EntryChunk,
+        ]
+        .into_iter()
+        .find(|kind| kind.tag() == tag)
+    }
+
     /// Largest encoded size accepted, checked before parsing.
     pub fn max_size(self) -> usize {
         match self {
@@ -59,10 +72,18 @@ pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// The kind tag of a record-layer object, read without the rest of it: the one probe,
+/// for routing received blocks and for explaining refusals.
 #[derive(Deserialize)]
 struct KindProbe {
     #[serde(rename = "k")]
     kind: Option<String>,
+}
+
+/// Which kind a block claims to be; `None` if it is not a CBOR map with a known tag.
+pub fn kind_of(bytes: &[u8]) -> Option<Kind> {
+    let probe: KindProbe = serde_ipld_dagcbor::from_slice(bytes).ok()?;
+    Kind::from_tag(&probe.kind?)
 }
 
 const CBOR_MAJOR_MAP: u8 = 5;

@@ -31,8 +31,9 @@ use rayon::prelude::*;
 
 use crate::block::{cid_v0, cid_v1, codec, BlockError, BlockPut};
 use crate::unixfs::hamt;
-use crate::unixfs::pb::{varint_len, DataType, PbLink, PbNode, UnixfsData};
+use crate::unixfs::pb::{DataType, PbLink, PbNode, UnixfsData};
 use crate::unixfs::profile::{Profile, ShardMeasure};
+use crate::varint;
 
 /// What an import produced: the root CID, the file bytes under it, and its Tsize (the
 /// encoded bytes of every block of its DAG, as a parent link records it).
@@ -274,11 +275,11 @@ fn measured_link_size(measure: ShardMeasure, link: &DirLink) -> usize {
         ShardMeasure::LinkBytes => name_len + cid_len,
         ShardMeasure::BlockBytes => {
             // Each field is a one-byte key, then a length or value varint.
-            let hash_field = 1 + varint_len(cid_len as u64) + cid_len;
-            let name_field = 1 + varint_len(name_len as u64) + name_len;
-            let tsize_field = 1 + varint_len(link.tsize);
+            let hash_field = 1 + varint::encoded_len(cid_len as u64) + cid_len;
+            let name_field = 1 + varint::encoded_len(name_len as u64) + name_len;
+            let tsize_field = 1 + varint::encoded_len(link.tsize);
             let link_message = hash_field + name_field + tsize_field;
-            1 + varint_len(link_message as u64) + link_message
+            1 + varint::encoded_len(link_message as u64) + link_message
         }
     }
 }
@@ -444,29 +445,21 @@ fn file_leaf_block(chunk: &[u8]) -> Vec<u8> {
     let data_field = if chunk.is_empty() {
         0
     } else {
-        1 + varint_len(chunk.len() as u64) + chunk.len()
+        1 + varint::encoded_len(chunk.len() as u64) + chunk.len()
     };
-    let unixfs_len = 2 + data_field + 1 + varint_len(chunk.len() as u64);
-    let mut block = Vec::with_capacity(1 + varint_len(unixfs_len as u64) + unixfs_len);
+    let unixfs_len = 2 + data_field + 1 + varint::encoded_len(chunk.len() as u64);
+    let mut block = Vec::with_capacity(1 + varint::encoded_len(unixfs_len as u64) + unixfs_len);
     block.push(0x0a); // PBNode.Data
-    push_varint(&mut block, unixfs_len as u64);
+    varint::put(&mut block, unixfs_len as u64);
     block.extend_from_slice(&[0x08, DataType::File as u8]);
     if !chunk.is_empty() {
         block.push(0x12); // Data.Data
-        push_varint(&mut block, chunk.len() as u64);
+        varint::put(&mut block, chunk.len() as u64);
         block.extend_from_slice(chunk);
     }
     block.push(0x18); // Data.filesize
-    push_varint(&mut block, chunk.len() as u64);
+    varint::put(&mut block, chunk.len() as u64);
     block
-}
-
-fn push_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 /// The balanced layout, built as leaves arrive: level 0 collects leaves, and whenever a
