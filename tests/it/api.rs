@@ -270,6 +270,108 @@ fn errors_carry_a_stable_code_and_the_line_the_command_prints() {
 }
 
 #[test]
+fn gc_in_a_loop_beside_adds_and_publishes_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let node = Node::init_in(Mode::Daemon);
+    node.ok(&["key", "gen", "school"]);
+    node.ok(&["collection", "create", "shared"]);
+    let repo = Arc::new(node.repo.clone());
+    let work = Arc::new(node.work.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let api = ApiClient::find(&repo).unwrap().unwrap();
+            let mut runs = 0u32;
+            while !stop.load(Ordering::Acquire) || runs == 0 {
+                api.gc().unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    // Sizes around the inline limit and the chunk size, and files of several chunks.
+    let sizes = [
+        0usize,
+        1,
+        4095,
+        4096,
+        10_000,
+        (1 << 20) - 1,
+        1 << 20,
+        (1 << 20) + 1,
+        3 << 20,
+    ];
+    let adders: Vec<_> = (0..24u32)
+        .map(|i| {
+            let (repo, work) = (repo.clone(), work.clone());
+            let size = sizes[i as usize % sizes.len()] + i as usize;
+            std::thread::spawn(move || {
+                let api = ApiClient::find(&repo).unwrap().unwrap();
+                let bytes = generated_bytes(size, 1000 + i);
+                let cid = add_bytes(&api, &work, &format!("file-{i}.bin"), &bytes);
+                (cid, bytes)
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = (0..8u32)
+        .map(|i| {
+            let (repo, work) = (repo.clone(), work.clone());
+            std::thread::spawn(move || {
+                let api = ApiClient::find(&repo).unwrap().unwrap();
+                let path = work.join(format!("lesson-{i}.txt"));
+                std::fs::write(&path, format!("lesson {i}")).unwrap();
+                let options = AddOptions {
+                    record: Some(oermesh::node::RecordFields {
+                        title: Some(format!("Lesson {i}")),
+                        license: Some("CC-BY-4.0".into()),
+                        authors: vec!["A. Teacher".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let added = api
+                    .add(
+                        &options,
+                        &mut |sink: &mut dyn TreeSink| oermesh::node::walk_into(&path, false, sink),
+                        &mut |_: AddEvent| {},
+                    )
+                    .unwrap();
+                let record = added.record.unwrap().to_string();
+                api.collection_add("shared", &[record], None, None).unwrap();
+                let published = api.collection_publish("shared").unwrap();
+                (added.root, format!("lesson {i}"), published.seq)
+            })
+        })
+        .collect();
+    let added: Vec<(cid::Cid, Vec<u8>)> = adders.into_iter().map(|t| t.join().unwrap()).collect();
+    let published: Vec<_> = publishers.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, Ordering::Release);
+    assert!(collector.join().unwrap() >= 1);
+
+    let api = client(&node);
+    api.gc().unwrap();
+    for (cid, bytes) in &added {
+        assert_eq!(&cat(&api, cid), bytes, "{cid} reads back whole");
+    }
+    let mut seqs: Vec<u64> = published.iter().map(|(_, _, seq)| *seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<u64>>(),
+        "every version its own number"
+    );
+    for (cid, text, _) in &published {
+        assert_eq!(cat(&api, cid), text.as_bytes());
+    }
+    let verify = api.verify().unwrap();
+    assert!(verify.damage.is_empty(), "{:?}", verify.damage);
+    let id = api.collection_list().unwrap().remove(0).id;
+    let history = node.ok(&["collection", "history", &id]);
+    assert_eq!(history.lines().count(), 8, "{history}");
+}
+
+#[test]
 fn a_reader_streaming_beside_gc_gets_every_byte() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let node = Node::init_in(Mode::Daemon);
