@@ -273,3 +273,59 @@ fn an_index_entry_claiming_a_huge_block_is_damage_not_an_allocation() {
     let report = store.verify(&[], &[]).unwrap();
     assert_eq!(report.damage, vec![Damage::DamagedEntry(cid.to_string())]);
 }
+
+#[test]
+#[ignore = "prints performance figures; run: cargo test --release --test it store_stat_performance -- --ignored --nocapture"]
+fn store_stat_performance_figures() {
+    use std::time::Instant;
+    const BLOCKS: u32 = 100_000;
+    // One block in five a file (8 KiB), the rest inline (200 bytes), as a store of
+    // lessons, small folders and records looks.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = open(dir.path());
+    let started = Instant::now();
+    for first in (0..BLOCKS).step_by(10_000) {
+        let batch = store.batch();
+        for i in first..first + 10_000 {
+            let size = if i % 5 == 0 { 8192 } else { 200 };
+            let mut data = vec![0u8; size];
+            data[..4].copy_from_slice(&i.to_le_bytes());
+            batch.put_block(&cid_v1(codec::RAW, &data), &data).unwrap();
+        }
+        batch.commit().unwrap();
+    }
+    println!("stored {BLOCKS} blocks in {:?}", started.elapsed());
+
+    let mut times = Vec::new();
+    let mut stat = store.stat().unwrap();
+    for _ in 0..21 {
+        let started = Instant::now();
+        stat = store.stat().unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "stat with {} blocks: median {:?}, slowest {:?} (target: well under 50 ms)",
+        stat.blocks, times[10], times[20]
+    );
+    assert_eq!(stat.blocks, u64::from(BLOCKS));
+
+    store.flush().unwrap();
+    let started = Instant::now();
+    let du = std::process::Command::new("du")
+        .args(["-s", "--block-size=1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let du_elapsed = started.elapsed();
+    let du_bytes: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "du -s of the repository (baseline): {du_elapsed:?}; it counts {du_bytes} bytes, stat says {} ({:+.2}%)",
+        stat.disk_bytes,
+        (stat.disk_bytes as f64 / du_bytes as f64 - 1.0) * 100.0
+    );
+}
