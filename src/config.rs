@@ -45,6 +45,25 @@ socket_group = ""
 # request must then carry "Authorization: Bearer TOKEN", with the token the daemon
 # writes to api.token in this repository. Never use an address students can reach.
 listen = ""
+
+[gateway]
+# Limits of the web page and HTTP gateway (daemon.http_listen). The defaults suit a
+# school server; every student's browser is one client.
+# Browser connections open at once; more wait until one closes.
+max_connections = 512
+# Connections open at once from one IP address; more are refused (429).
+max_connections_per_client = 64
+# Seconds a client has to send a request's headers; also how long an idle
+# connection stays open. Clients that send slower are cut off.
+header_timeout_secs = 10
+# Seconds a client may stop reading a response before it is abandoned.
+send_timeout_secs = 60
+# Largest request line plus headers, in bytes (larger ones get 431).
+max_header_bytes = 16384
+# Most byte ranges one Range request may ask for (more get 416).
+max_ranges = 16
+# Seconds a request waits for a block from peers before answering 504.
+fetch_timeout_secs = 30
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +90,7 @@ pub struct Config {
     pub trust: TrustSection,
     pub daemon: DaemonSection,
     pub api: ApiSection,
+    pub gateway: GatewaySection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -105,6 +125,32 @@ pub struct DaemonSection {
 pub struct ApiSection {
     pub socket_group: String,
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub header_timeout_secs: u64,
+    pub send_timeout_secs: u64,
+    pub max_header_bytes: usize,
+    pub max_ranges: usize,
+    pub fetch_timeout_secs: u64,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            max_connections: 512,
+            max_connections_per_client: 64,
+            header_timeout_secs: 10,
+            send_timeout_secs: 60,
+            max_header_bytes: 16 * 1024,
+            max_ranges: 16,
+            fetch_timeout_secs: 30,
+        }
+    }
 }
 
 impl Default for StoreSection {

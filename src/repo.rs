@@ -9,6 +9,7 @@
 //!   db/           sled: block index, small blocks, pins, records, collections
 //!   blocks/       large blocks, one file each
 //!   tmp/          block files being written; emptied on open
+//!   search/       the search index of the records (derived; rebuilt when missing)
 //! ```
 
 use std::fs::{self, File, OpenOptions};

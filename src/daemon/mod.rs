@@ -1,13 +1,12 @@
 //! `oermesh daemon`: the node's long-running job.
 //!
 //! The daemon owns the node. Three kinds of task share it: the network event loop
-//! ([`net`]), the web server for browsers ([`http`]), and the local API
+//! ([`net`]), the browser-facing web server ([`crate::web`]), and the local API
 //! ([`crate::api::server`]) through which every other `oermesh` command works while the
 //! daemon runs. Store work runs on one bounded [`pool::BlockingPool`], never on the
 //! event loop or the async threads. [`Daemon`] starts them, reports where they listen,
 //! and stops them together; [`run`] adds the start-up line and signal handling.
 
-pub mod http;
 pub mod net;
 pub mod pool;
 
@@ -23,8 +22,10 @@ use tokio::task::JoinHandle;
 use crate::api::fds::FdRegistry;
 use crate::api::server::{self as api_server, ApiState};
 use crate::config::{ApiSection, DaemonSection};
+use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::store::StoreError;
+use crate::web::{self, WebConfig, WebError, WebParts};
 use net::{Client, NetConfig, NetError};
 use pool::BlockingPool;
 
@@ -54,6 +55,8 @@ pub enum DaemonError {
     TaskEnded(&'static str),
     #[error(transparent)]
     Node(#[from] Box<NodeError>),
+    #[error(transparent)]
+    Web(#[from] WebError),
     #[error("cannot serve the API on {addr}: {source}")]
     Api {
         addr: String,
@@ -124,7 +127,8 @@ pub struct Daemon {
     http_addr: SocketAddr,
     listen_addrs: Vec<Multiaddr>,
     client: Client,
-    page_state: Arc<http::PageState>,
+    metrics: Metrics,
+    web: Arc<web::App>,
     shutdown: watch::Sender<bool>,
     net_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
@@ -173,15 +177,27 @@ impl Daemon {
 
         let (shutdown, shutdown_signal) = watch::channel(false);
         let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
-        let page_state = Arc::new(http::PageState::new(
+        let metrics = Metrics::new();
+        let web = match web::App::new(WebParts {
             peer_id,
-            node.store().clone(),
-            node.records().trusted().clone(),
-            client.clone(),
-        ));
-        let http_task = tokio::spawn(http::serve(
+            node: node.clone(),
+            network: Some(client.clone()),
+            fetcher: None,
+            metrics: metrics.clone(),
+            config: WebConfig::from(&config.gateway),
+            search_dir: node.root().join("search"),
+        }) {
+            Ok(web) => web,
+            Err(err) => {
+                let _ = shutdown.send(true);
+                let _ = net_task.await;
+                let _ = std::fs::remove_file(&api_socket);
+                return Err(err.into());
+            }
+        };
+        let http_task = tokio::spawn(web::serve(
             http_listener,
-            page_state.clone(),
+            web.clone(),
             shutdown_signal.clone(),
         ));
         let api_state = ApiState {
@@ -213,7 +229,8 @@ impl Daemon {
             http_addr,
             listen_addrs,
             client,
-            page_state,
+            metrics,
+            web,
             shutdown,
             net_task: Some(net_task),
             http_task: Some(http_task),
@@ -258,6 +275,11 @@ impl Daemon {
 
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The node's metrics; parts of the node count into clones of it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The local API's Unix socket.
@@ -362,13 +384,17 @@ impl Daemon {
                 Err(_) => tracing::warn!("API requests still open after {HTTP_DRAIN_TIMEOUT:?}"),
             }
         }
-        // axum reports its connections closed just before their tasks drop the router,
-        // and work on the blocking pool may still be finishing: wait for those last
-        // handles, so that the repository is released when shutdown returns.
+        // Responses still being produced on blocking threads hold the web state, and
+        // work on the blocking pool may still be finishing: wait for those last
+        // handles, so that the repository is released when shutdown returns. Dropping
+        // the web state stops the search indexer.
         let deadline = tokio::time::Instant::now() + HTTP_DRAIN_TIMEOUT;
-        while (Arc::strong_count(&self.page_state) > 1 || self.node.handles() > 1)
-            && tokio::time::Instant::now() < deadline
-        {
+        while Arc::strong_count(&self.web) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let web = self.web;
+        let _ = tokio::task::spawn_blocking(move || drop(web)).await;
+        while self.node.handles() > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if let Some(net_task) = self.net_task.take() {

@@ -159,12 +159,17 @@ async fn a_daemon_on_an_empty_dir_creates_the_repository_and_serves_its_page_and
     assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
     let csp = header(&headers, "content-security-policy").unwrap();
     assert!(
-        csp.starts_with("default-src 'none'") && csp.contains("style-src 'sha256-"),
+        csp.starts_with("default-src 'none'") && csp.contains("style-src 'self'"),
         "{csp}"
     );
-    assert!(body.contains("<html lang=\"en\">"));
+    assert!(body.contains("<html lang=\"en\" dir=\"ltr\">"));
+    assert!(
+        body.contains("This node holds no learning materials yet"),
+        "an empty node says how to add material"
+    );
+    let (status, _, body) = http_get(&daemon, "/peers").await;
+    assert_eq!(status, 200);
     assert!(body.contains(&daemon.peer_id().to_string()));
-    assert!(body.contains("Nothing is pinned yet"));
     assert!(body.contains("No peers connected"));
 
     let (status, headers, body) = http_get(&daemon, "/api/status").await;
@@ -311,8 +316,8 @@ async fn records_and_collections_show_on_the_page_with_their_trust() {
         page.contains("Fractions &lt;explained&gt;"),
         "titles are shown, escaped"
     );
-    assert!(page.contains("CC-BY-SA-3.0-IGO"));
-    assert!(page.contains("Usanisinuru") && page.contains("<strong>not trusted</strong>"));
+    assert!(page.contains("CC BY-SA 3.0 IGO") && page.contains("title=\"CC-BY-SA-3.0-IGO\""));
+    assert!(page.contains("Usanisinuru") && page.contains(">not trusted</strong>"));
     assert!(page.contains(&published.id.to_string()), "{}", own.did);
     assert!(
         !page.contains("Taken down"),
@@ -334,7 +339,7 @@ async fn a_static_peer_is_connected_and_redialled_after_it_restarts() {
     let b = start(&root_b, loopback_options("/ip4/127.0.0.1/tcp/0")).await;
     wait_until_connected(&a, &b).await;
 
-    let (_, _, body) = http_get(&b, "/").await;
+    let (_, _, body) = http_get(&b, "/peers").await;
     assert!(body.contains(&a_id.to_string()), "B's page lists A");
     let (_, _, status) = http_get(&a, "/api/status").await;
     let json: serde_json::Value = serde_json::from_str(&status).unwrap();

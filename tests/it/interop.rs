@@ -303,7 +303,8 @@ fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>
 async fn headless_chromium_renders_the_daemon_page_directly_and_through_chromedriver() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = loopback_daemon(&dir.path().join("node")).await;
-    let page = daemon.page_url();
+    // The peers page names the node.
+    let page = format!("{}peers", daemon.page_url());
     let peer_id = daemon.peer_id().to_string();
     let profile_dir = dir.path().join("chromium-profile");
 
@@ -388,6 +389,6 @@ async fn headless_chromium_renders_the_daemon_page_directly_and_through_chromedr
     .unwrap();
 
     assert!(dom.contains(&peer_id), "the rendered page names the node");
-    assert_eq!(title, format!("oermesh node {peer_id}"));
+    assert_eq!(title, "Peers and replication · oermesh");
     daemon.shutdown().await.unwrap();
 }

@@ -118,6 +118,13 @@ impl<B: BlockGet + HoldBlocks> RecordBook<B> {
 
     /// Non-retracted records describing `content`.
     pub fn records_for_content(&self, content: &Cid) -> Result<Vec<RecordListing>> {
+        let mut listings = self.content_records(content)?;
+        listings.retain(|listing| !listing.summary.retracted);
+        Ok(listings)
+    }
+
+    /// Every record describing `content`, retracted ones included.
+    pub fn content_records(&self, content: &Cid) -> Result<Vec<RecordListing>> {
         let content_bytes = content.to_bytes();
         let mut prefix = (content_bytes.len() as u16).to_be_bytes().to_vec();
         prefix.extend_from_slice(&content_bytes);
@@ -128,9 +135,6 @@ impl<B: BlockGet + HoldBlocks> RecordBook<B> {
             let Some(summary) = self.summary(&cid)? else {
                 continue;
             };
-            if summary.retracted {
-                continue;
-            }
             listings.push(RecordListing {
                 cid,
                 trusted: self.trusted.is_trusted(&summary.publisher),

@@ -124,12 +124,35 @@ impl<B: BlockGet + HoldBlocks> RecordBook<B> {
         Ok(())
     }
 
-    pub(super) fn summary_generation(&self) -> Result<u64> {
+    /// A number that changes after every change to the summaries: an index built from
+    /// them is current while it is unchanged.
+    pub fn summary_generation(&self) -> Result<u64> {
         Ok(self
             .meta
             .get(SUMMARY_GENERATION)?
             .and_then(|bytes| bytes.as_ref().try_into().ok())
             .map_or(0, u64::from_le_bytes))
+    }
+
+    /// Every accepted record with its summary, retracted ones included, in the order of
+    /// their CIDs' bytes.
+    pub fn summaries(&self) -> impl Iterator<Item = Result<(Cid, RecordSummary)>> + '_ {
+        self.summaries.iter().map(|item| {
+            let (key, value) = item?;
+            Ok((cid_from_bytes(&key)?, decode_summary(&value)?))
+        })
+    }
+
+    /// A feed of every later change to the summaries (a record accepted, a record
+    /// retracted), for indexes kept beside the record layer. Subscribe before reading
+    /// the summaries, so that no change falls between the two.
+    pub fn watch_summaries(&self) -> sled::Subscriber {
+        self.summaries.watch_prefix(Vec::new())
+    }
+
+    /// Decodes a summary as carried by a [`RecordBook::watch_summaries`] event.
+    pub fn decode_summary_event(key: &[u8], value: &[u8]) -> Result<(Cid, RecordSummary)> {
+        Ok((cid_from_bytes(key)?, decode_summary(value)?))
     }
 }
 
