@@ -876,3 +876,111 @@ async fn a_client_with_too_many_connections_open_is_refused_until_it_closes_some
     );
     daemon.shutdown().await.unwrap();
 }
+
+/// Runs a command from tests/interop/ and returns its standard output, failing the test
+/// with its output when it fails.
+fn run_node(mut command: std::process::Command, what: &str) -> String {
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: {err}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipfs_clients_check_every_block_the_gateway_serves() {
+    let course = course().await;
+    let root = course.cid("course");
+    let gateway = format!("http://{}", course.addr());
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().to_path_buf();
+
+    // @helia/verified-fetch, fetching raw blocks from the gateway alone and hashing each,
+    // through a folder and a sharded folder.
+    let (fetched, book) = tokio::task::spawn_blocking({
+        let (gateway, out) = (gateway.clone(), out.clone());
+        move || {
+            let fetch = |resource: String, file: &str| {
+                let mut command = crate::tools::node_script("trustless-client.mjs");
+                command.arg(&gateway).arg(&resource).arg(out.join(file));
+                let line = run_node(command, "verified-fetch");
+                let report: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+                assert_eq!(report["status"], 200, "{report}");
+                fs::read(out.join(file)).unwrap()
+            };
+            (
+                fetch(format!("{root}/big.bin"), "big.bin"),
+                fetch(
+                    format!("{root}/shelf/book-03210-with-a-longer-name.txt"),
+                    "book.txt",
+                ),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(fetched, generated_bytes(BIG_LEN, 7));
+    assert_eq!(book, b"book 3210");
+
+    // ipfs-car unpacks our CAR of the whole tree, checking every block's hash.
+    let car = get(course.addr(), &format!("/ipfs/{root}?format=car")).await;
+    assert_eq!(car.status, 200);
+    let car_path = out.join("course.car");
+    fs::write(&car_path, &car.body).unwrap();
+    let unpacked = out.join("unpacked");
+    let unpack = |car: std::path::PathBuf, target: std::path::PathBuf| {
+        let mut command = std::process::Command::new("node");
+        command
+            .arg(crate::tools::node_package_dir().join("node_modules/ipfs-car/bin.js"))
+            .arg("unpack")
+            .arg(&car)
+            .arg("--output")
+            .arg(&target)
+            .stdin(std::process::Stdio::null());
+        command.output().unwrap()
+    };
+    let output = tokio::task::spawn_blocking({
+        let (car_path, unpacked) = (car_path.clone(), unpacked.clone());
+        move || unpack(car_path, unpacked)
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        fs::read_to_string(unpacked.join("notes.txt")).unwrap(),
+        NOTES
+    );
+    assert_eq!(
+        fs::read(unpacked.join("big.bin")).unwrap(),
+        generated_bytes(BIG_LEN, 7)
+    );
+    assert_eq!(
+        fs::read_to_string(unpacked.join("site/index.html")).unwrap(),
+        INDEX
+    );
+    assert_eq!(fs::read_dir(unpacked.join("shelf")).unwrap().count(), 4000);
+
+    // The check is real: a CAR with one flipped byte in a block is refused.
+    let mut damaged = car.body.clone();
+    let last = damaged.len() - 3;
+    damaged[last] ^= 0x01;
+    let damaged_path = out.join("damaged.car");
+    fs::write(&damaged_path, &damaged).unwrap();
+    let refused = tokio::task::spawn_blocking({
+        let target = out.join("damaged");
+        move || unpack(damaged_path, target)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !refused.status.success(),
+        "ipfs-car accepted a damaged block"
+    );
+    course.daemon.shutdown().await.unwrap();
+}
