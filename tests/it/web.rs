@@ -598,3 +598,93 @@ async fn the_peers_page_status_assets_and_metrics() {
     }
     library.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow; measures search speed in release builds (scripts/bench)"]
+async fn search_performance_over_100000_records() {
+    const RECORDS: usize = 100_000;
+    const QUERIES: usize = 1_000;
+    let words: Vec<&str> = "fractions algebra geometry photosynthesis volcanoes earthquakes \
+        grammar poetry history geography chemistry physics biology music drawing reading \
+        writing counting multiplication division decimals percentages triangles circles \
+        energy forces magnets electricity plants animals water weather climate oceans rivers \
+        mountains deserts forests farming health nutrition hygiene citizenship democracy \
+        الكسور الهندسة الجبر القراءة الكتابة العلوم الطاقة المياه النباتات الحيوانات \
+        分数 几何 代数 阅读 写作 科学 能量 植物 动物 天气"
+        .split_whitespace()
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let node = fixture::node(&dir.path().join("repo"));
+    let key = fixture::own_key(&node, "school");
+    let content = add_bytes(&node, dir.path(), "shared.txt", b"shared content");
+    let mut state = 0x2545_f491_u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let started = std::time::Instant::now();
+    let book = node.records();
+    for i in 0..RECORDS {
+        let title: Vec<&str> = (0..3 + next(3)).map(|_| words[next(words.len())]).collect();
+        let title = format!("{} {i}", title.join(" "));
+        let description: Vec<&str> = (0..12).map(|_| words[next(words.len())]).collect();
+        let described = Described {
+            title: &title,
+            description: Some(&description.join(" ")),
+            level: &[["primary school", "secondary school", "university"][next(3)]],
+            ..Described::default()
+        };
+        book.sign_record(&key, fixture::draft(content, described))
+            .unwrap();
+    }
+    drop(book);
+    println!(
+        "index: {RECORDS} records signed in {:.1?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    let daemon = fixture::start(node).await;
+    let addr = daemon.http_addr();
+    eventually("every record is indexed", || async {
+        let status: serde_json::Value =
+            serde_json::from_str(&get(addr, "/api/status").await.text()).unwrap();
+        status["search_documents"].as_u64() == Some(RECORDS as u64)
+    })
+    .await;
+    println!(
+        "index: built from the record layer in {:.1?}",
+        started.elapsed()
+    );
+    let mut latencies = Vec::with_capacity(QUERIES);
+    for i in 0..QUERIES {
+        let mut query: String = words[next(words.len())].to_string();
+        if i % 3 == 0 {
+            query.push(' ');
+            query.push_str(words[next(words.len())]);
+        }
+        if i % 5 == 0 && query.is_ascii() && query.len() > 4 {
+            // One letter swapped: the typo-tolerant path.
+            let mut letters: Vec<char> = query.chars().collect();
+            letters.swap(1, 2);
+            query = letters.into_iter().collect();
+        }
+        let target = format!(
+            "/search?q={}",
+            url::form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>()
+        );
+        let asked = std::time::Instant::now();
+        let response = get(addr, &target).await;
+        latencies.push(asked.elapsed());
+        assert_eq!(response.status, 200);
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "search: {QUERIES} queries over {RECORDS} records through HTTP (page included): p50 {:.1?}, p99 {:.1?}",
+        at(0.50),
+        at(0.99)
+    );
+    daemon.shutdown().await.unwrap();
+}
