@@ -103,9 +103,16 @@ pub fn read_node_key(path: &Path) -> Result<Keypair, NetError> {
 
 /// A handle to the event loop. Cheap to clone; every method fails with
 /// [`NetError::Stopped`] once the loop has ended.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -123,6 +130,17 @@ impl Client {
     /// The addresses we accept connections on, one per interface for a wildcard listener.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Opens and accepts raw streams of protocols that run their own tasks beside the
+    /// event loop (the block exchange): their bytes never pass through it.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// Closes every connection to `peer`: for a peer that broke a protocol's rules.
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetError> {
+        self.ask(|reply| Command::Disconnect { peer, reply }).await
     }
 
     async fn ask<T>(
@@ -149,6 +167,10 @@ enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[derive(NetworkBehaviour)]
@@ -157,6 +179,7 @@ struct NodeBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    streams: libp2p_stream::Behaviour,
 }
 
 /// Builds the swarm, starts every listener and waits until each has an address.
@@ -197,6 +220,7 @@ pub async fn start(
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 mdns: Toggle::from(mdns),
+                streams: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|err| NetError::Transport(err.to_string()))?
@@ -205,6 +229,7 @@ pub async fn start(
         .with_swarm_config(|swarm_config| swarm_config.with_idle_connection_timeout(Duration::MAX))
         .build();
 
+    let streams = swarm.behaviour().streams.new_control();
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
     let mut event_loop = EventLoop {
         swarm,
@@ -218,7 +243,7 @@ pub async fn start(
             .collect(),
     };
     let bound = event_loop.listen(config.listen).await?;
-    Ok((Client { commands }, event_loop, bound))
+    Ok((Client { commands, streams }, event_loop, bound))
 }
 
 /// Owns the swarm. Run it with [`EventLoop::run`] on its own task.
@@ -354,6 +379,11 @@ impl EventLoop {
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Disconnect { peer, reply } => {
+                // Refused only when there is no connection to close.
+                let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = reply.send(());
             }
             Command::Dial { addr, reply } => {
                 let opts = dial_opts(&addr);
