@@ -6,6 +6,7 @@ pub mod car;
 pub mod config;
 pub mod daemon;
 pub mod dag_pb;
+pub mod exchange;
 pub mod keys;
 pub mod links;
 pub mod metrics;

@@ -193,6 +193,10 @@ impl Service for ApiClient {
         Ok(data)
     }
 
+    fn fetch(&self, options: &FetchOptions) -> Result<Fetched> {
+        self.call("/fetch", options)
+    }
+
     fn pins(&self) -> Result<Vec<PinView>> {
         self.call("/pin/ls", &NoArg {})
     }

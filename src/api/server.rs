@@ -32,7 +32,8 @@ use super::{
     AddLine, AddReply, ErrorBody, ExportEnd, MAX_ADD_LINE, MAX_FRAME, PREFIX, SOCKET_NAME,
 };
 use crate::daemon::pool::BlockingPool;
-use crate::node::{AddEvent, ErrorCode, ExportTarget, Node, NodeError};
+use crate::exchange::{Exchange, FetchRequest};
+use crate::node::{AddEvent, ErrorCode, ExportTarget, FetchOptions, Node, NodeError};
 
 /// Progress lines of an `add` stream are sent at most this often; entries always.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,6 +41,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const BODY_CHUNKS: usize = 16;
 /// Lines of a response stream buffered before the work waits for the client.
 const REPLY_LINES: usize = 256;
+/// How long `block/get` waits for a peer that has a block this node lacks.
+const BLOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -47,6 +50,8 @@ pub struct ApiState {
     pub node: Node,
     pub pool: BlockingPool,
     pub fds: Arc<FdRegistry>,
+    /// The daemon's block exchange: `fetch` and `block/get` get missing blocks from peers.
+    pub exchange: Option<Exchange>,
 }
 
 /// The API's routes. Every endpoint is a POST, so that no browser can be led to call one
@@ -55,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
     let rpc = Router::new()
         .route("/add", post(add))
         .route("/block/get", post(block_get))
+        .route("/fetch", post(fetch))
         .route(
             "/pin/ls",
             post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.pins())),
@@ -248,7 +254,21 @@ async fn block_get(State(state): State<ApiState>, body: Bytes) -> Response {
         Err(err) => return error_response(&err),
     };
     let node = state.node.clone();
-    match state.pool.run(move || node.block(&args.cid)).await {
+    let cid = args.cid;
+    let mut read = state.pool.run(move || node.block(&cid)).await;
+    // A block that is not here is asked of peers, within a bounded wait.
+    if let (Ok(Err(err)), Some(exchange)) = (&read, &state.exchange) {
+        if err.code() == ErrorCode::NotFound {
+            let mut request = FetchRequest::block(cid);
+            request.wait = BLOCK_WAIT;
+            if let Err(err) = exchange.fetch(request).await {
+                return error_response(&NodeError::from(err));
+            }
+            let node = state.node.clone();
+            read = state.pool.run(move || node.block(&cid)).await;
+        }
+    }
+    match read {
         Ok(Ok(data)) => (
             [(
                 header::CONTENT_TYPE,
@@ -262,6 +282,31 @@ async fn block_get(State(state): State<ApiState>, body: Bytes) -> Response {
             ErrorCode::Unavailable,
             closed.to_string(),
         )),
+    }
+}
+
+/// `fetch`: the daemon gets what is missing from peers (without holding a place on the
+/// blocking pool while it waits for them).
+async fn fetch(State(state): State<ApiState>, body: Bytes) -> Response {
+    let options = match parse_args::<FetchOptions>(&body) {
+        Ok(options) => options,
+        Err(err) => return error_response(&err),
+    };
+    let Some(exchange) = state.exchange.clone() else {
+        return call(State(state), body, |node, options: FetchOptions| {
+            node.fetch(&options)
+        })
+        .await;
+    };
+    let mut request = FetchRequest::dag(options.cid);
+    request.path = options.path;
+    request.pin = options.pin.then(|| "user".to_string());
+    if let Some(secs) = options.wait_secs {
+        request.wait = Duration::from_secs(secs);
+    }
+    match exchange.fetch(request).await {
+        Ok(fetched) => json_response(StatusCode::OK, &fetched),
+        Err(err) => error_response(&NodeError::from(err)),
     }
 }
 

@@ -13,7 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use oermesh::block::MemoryBlocks;
 use oermesh::car;
 use oermesh::node::service::ServiceBlocks;
-use oermesh::node::{export_target, resolve_profile, walk_into, AddEvent, AddOptions, Service};
+use oermesh::node::{
+    export_target, resolve_profile, walk_into, AddEvent, AddOptions, FetchOptions, Service,
+};
 use oermesh::unixfs::importer::{self, Imported, TreeBuilder};
 use oermesh::unixfs::reader;
 
@@ -162,9 +164,50 @@ fn print_added(quiet: bool, root: &Cid, entries: &[(String, Cid)]) {
     }
 }
 
+/// Makes the DAG `root/sub` names complete in the store: a daemon gets what is missing
+/// from peers; without one, everything must be here already.
+fn make_complete(service: &dyn Service, root: &Cid, sub: &str) -> Result<()> {
+    service.fetch(&FetchOptions {
+        cid: *root,
+        path: sub.to_string(),
+        pin: false,
+        wait_secs: None,
+    })?;
+    Ok(())
+}
+
+pub fn fetch(
+    service: &dyn Service,
+    path: &str,
+    pin: bool,
+    wait_secs: Option<u64>,
+) -> Result<ExitCode> {
+    let (root, sub) = output::split_cid_path(path)?;
+    let fetched = service.fetch(&FetchOptions {
+        cid: root,
+        path: sub,
+        pin,
+        wait_secs,
+    })?;
+    let pinned = if pin { ", pinned" } else { "" };
+    if fetched.blocks == 0 {
+        println!("{} was all here{pinned}", fetched.target);
+    } else {
+        println!(
+            "fetched {}: {} blocks ({}) from {} peers{pinned}",
+            fetched.target,
+            fetched.blocks,
+            output::bytes(fetched.bytes),
+            fetched.peers
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn cat(service: &dyn Service, path: &str) -> Result<ExitCode> {
     let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
+    make_complete(service, &root, &sub)?;
     let cid = reader::resolve(&blocks, &root, &sub)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -189,6 +232,7 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 pub fn get(service: &dyn Service, path: &str, output: Option<PathBuf>) -> Result<ExitCode> {
     let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
+    make_complete(service, &root, &sub)?;
     let cid = reader::resolve(&blocks, &root, &sub)?;
     // Like `ipfs get`: named after the last path segment, or the CID itself.
     let dest = output.unwrap_or_else(|| {

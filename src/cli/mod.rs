@@ -45,6 +45,17 @@ enum Command {
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
     },
+    /// Get a file or folder tree from peers into the store (with a running daemon)
+    Fetch {
+        /// CID, optionally followed by /sub/path
+        path: String,
+        /// Pin it once all of it is here
+        #[arg(long)]
+        pin: bool,
+        /// Longest wait, in seconds, for a peer that has a missing block
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
     /// List a folder's entries with their sizes
     Ls {
         /// CID, optionally followed by /sub/path
@@ -192,6 +203,7 @@ fn run_command(service: &dyn Service, command: Command) -> Result<ExitCode> {
         Command::Cat { path } => files::cat(service, &path),
         Command::Get { path, output } => files::get(service, &path, output),
         Command::Ls { path } => files::ls(service, &path),
+        Command::Fetch { path, pin, wait } => files::fetch(service, &path, pin, wait),
         Command::Export(args) => files::export(service, args),
         Command::Import { file } => files::import(service, &file),
         Command::Pin(command) => pin(service, command),

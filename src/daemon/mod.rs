@@ -23,6 +23,7 @@ use crate::api::fds::FdRegistry;
 use crate::api::server::{self as api_server, ApiState};
 use crate::config::{ApiSection, DaemonSection};
 use crate::metrics::Metrics;
+use crate::exchange::{self, Exchange, ExchangeConfig};
 use crate::node::{Node, NodeError};
 use crate::store::StoreError;
 use crate::web::{self, WebConfig, WebError, WebParts};
@@ -79,6 +80,8 @@ pub struct DaemonOptions {
 struct Settings {
     http_listen: String,
     net: NetConfig,
+    /// Whether peers can turn up without dialling us (mDNS, static peers).
+    discovery: bool,
 }
 
 impl DaemonOptions {
@@ -104,13 +107,15 @@ impl DaemonOptions {
             Some(peers) => peers,
             None => parse_all("static_peers", &config.static_peers)?,
         };
+        let mdns = self.mdns.unwrap_or(config.mdns);
         Ok(Settings {
+            discovery: mdns || !static_peers.is_empty(),
             http_listen: self
                 .http_listen
                 .unwrap_or_else(|| config.http_listen.clone()),
             net: NetConfig {
                 listen,
-                mdns: self.mdns.unwrap_or(config.mdns),
+                mdns,
                 static_peers,
             },
         })
@@ -129,8 +134,10 @@ pub struct Daemon {
     client: Client,
     metrics: Metrics,
     web: Arc<web::App>,
+    exchange: Exchange,
     shutdown: watch::Sender<bool>,
     net_task: Option<JoinHandle<()>>,
+    exchange_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -177,12 +184,29 @@ impl Daemon {
 
         let (shutdown, shutdown_signal) = watch::channel(false);
         let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
+        let pool = BlockingPool::new(pool::DEFAULT_POOL_SIZE);
+        let exchange_config = ExchangeConfig {
+            discovery: settings.discovery,
+        };
+        let started = exchange::start(
+            node.store().clone(),
+            pool.clone(),
+            client.clone(),
+            exchange_config,
+            shutdown_signal.clone(),
+        );
+        let Ok((exchange, exchange_task)) = started else {
+            let _ = shutdown.send(true);
+            let _ = net_task.await;
+            let _ = std::fs::remove_file(&api_socket);
+            return Err(DaemonError::TaskEnded("block exchange"));
+        };
         let metrics = Metrics::new();
         let web = match web::App::new(WebParts {
             peer_id,
             node: node.clone(),
             network: Some(client.clone()),
-            fetcher: None,
+            fetcher: Some(Arc::new(exchange.clone())),
             metrics: metrics.clone(),
             config: WebConfig::from(&config.gateway),
             search_dir: node.root().join("search"),
@@ -202,8 +226,9 @@ impl Daemon {
         ));
         let api_state = ApiState {
             node: node.clone(),
-            pool: BlockingPool::new(pool::DEFAULT_POOL_SIZE),
+            pool,
             fds: Arc::new(FdRegistry::default()),
+            exchange: Some(exchange.clone()),
         };
         let mut api_tasks = vec![tokio::spawn(api_server::serve_unix(
             api_listener,
@@ -231,8 +256,10 @@ impl Daemon {
             client,
             metrics,
             web,
+            exchange,
             shutdown,
             net_task: Some(net_task),
+            exchange_task: Some(exchange_task),
             http_task: Some(http_task),
             api_tasks,
         })
@@ -267,6 +294,11 @@ impl Daemon {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The block exchange: fetches from peers, for the daemon's other parts.
+    pub fn exchange(&self) -> &Exchange {
+        &self.exchange
     }
 
     pub fn repo_root(&self) -> PathBuf {
@@ -394,8 +426,15 @@ impl Daemon {
         }
         let web = self.web;
         let _ = tokio::task::spawn_blocking(move || drop(web)).await;
-        while self.node.handles() > 1 && tokio::time::Instant::now() < deadline {
+        while (self.node.handles() > 1 || self.exchange.handles() > 1)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(exchange_task) = self.exchange_task.take() {
+            if let Err(err) = exchange_task.await {
+                tracing::warn!(%err, "block exchange task failed");
+            }
         }
         if let Some(net_task) = self.net_task.take() {
             if let Err(err) = net_task.await {

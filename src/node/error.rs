@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::BlockError;
 use crate::car::CarError;
+use crate::exchange::FetchError;
 use crate::keys::KeyError;
 use crate::records::RecordError;
 use crate::repo::RepoError;
@@ -108,6 +109,8 @@ pub enum NodeError {
     Transfer(Box<TransferError>),
     #[error(transparent)]
     Car(Box<CarError>),
+    #[error(transparent)]
+    Fetch(Box<FetchError>),
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
     /// An error the daemon reported, with its code and the line it would have printed.
@@ -137,6 +140,7 @@ boxed_from!(
     Read(ReadError),
     Transfer(TransferError),
     Car(CarError),
+    Fetch(FetchError),
 );
 
 impl NodeError {
@@ -194,6 +198,17 @@ impl NodeError {
                 TransferError::UnknownCollection(_) => ErrorCode::NotFound,
             },
             NodeError::Car(err) => car_code(err),
+            NodeError::Fetch(err) => match err.as_ref() {
+                FetchError::NotFound { .. } => ErrorCode::NotFound,
+                FetchError::Path(err) => match err {
+                    ReadError::NotFound(_) | ReadError::NoSuchEntry { .. } => ErrorCode::NotFound,
+                    _ => ErrorCode::InvalidArgument,
+                },
+                FetchError::Dag(_) | FetchError::Invalid(_) => ErrorCode::InvalidArgument,
+                FetchError::Store(err) => store_code(err),
+                FetchError::CorruptHere(_) => ErrorCode::Corrupt,
+                FetchError::Stopped => ErrorCode::Unavailable,
+            },
         }
     }
 }

@@ -217,6 +217,32 @@ impl Node {
         Ok(self.store().get_block(cid)?)
     }
 
+    /// Checks that what `options` names is all in the store, and pins it when asked.
+    /// Peers are reached through a running daemon, whose API fetches what is missing;
+    /// without one, a missing block is an error that says so.
+    pub fn fetch(&self, options: &FetchOptions) -> Result<Fetched> {
+        let checked =
+            crate::exchange::fetch::check_here(self.store(), &options.cid, &options.path)?;
+        match checked {
+            Ok(target) => {
+                if options.pin {
+                    self.store().pin(&target, "user")?;
+                }
+                Ok(Fetched {
+                    root: options.cid,
+                    target,
+                    blocks: 0,
+                    bytes: 0,
+                    peers: 0,
+                })
+            }
+            Err(missing) => Err(NodeError::not_found(format!(
+                "block {missing} of {} is not in the store (a running daemon fetches it from peers: `oermesh daemon`)",
+                options.cid
+            ))),
+        }
+    }
+
     // ---- pins, gc, stat, verify ----
 
     pub fn pins(&self) -> Result<Vec<PinView>> {

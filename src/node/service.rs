@@ -27,6 +27,8 @@ pub trait Service: Sync {
     ) -> Result<AddOutcome>;
     /// A block's verified bytes.
     fn block(&self, cid: &Cid) -> Result<Vec<u8>>;
+    /// Makes what `options` names complete here, from peers when a daemon runs.
+    fn fetch(&self, options: &FetchOptions) -> Result<Fetched>;
     fn pins(&self) -> Result<Vec<PinView>>;
     fn pin_add(&self, cid: &Cid) -> Result<()>;
     fn pin_rm(&self, cid: &Cid) -> Result<Vec<String>>;
@@ -73,6 +75,9 @@ impl Service for Node {
     }
     fn block(&self, cid: &Cid) -> Result<Vec<u8>> {
         Node::block(self, cid)
+    }
+    fn fetch(&self, options: &FetchOptions) -> Result<Fetched> {
+        Node::fetch(self, options)
     }
     fn pins(&self) -> Result<Vec<PinView>> {
         Node::pins(self)

@@ -307,3 +307,22 @@ pub enum HistoryRow {
         reason: String,
     },
 }
+
+/// What `fetch` gets: a CID, optionally with a path below it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchOptions {
+    #[serde(with = "cid_text")]
+    pub cid: Cid,
+    /// Below `cid` through folders; empty for `cid` itself.
+    #[serde(default)]
+    pub path: String,
+    /// Pin what the path names for the user once all of it is here.
+    #[serde(default)]
+    pub pin: bool,
+    /// The longest wait, in seconds, for a peer that has a missing block.
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+pub use crate::exchange::Fetched;

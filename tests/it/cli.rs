@@ -155,6 +155,34 @@ impl Node {
         result
     }
 
+    /// The daemon's peer-to-peer address with its peer id, from its start-up line.
+    pub fn peer_address(&self) -> libp2p::Multiaddr {
+        let log = self.daemon_log();
+        let field = |after: &str| {
+            log.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split([',', ' ']).next())
+                .unwrap_or_else(|| panic!("no `{after}` in the daemon's output: {log}"))
+                .to_string()
+        };
+        let addr: libp2p::Multiaddr = field("listening on ").parse().unwrap();
+        let peer: libp2p::PeerId = field(", peer ").parse().unwrap();
+        addr.with(libp2p::multiaddr::Protocol::P2p(peer))
+    }
+
+    /// Starts the daemon with `peers` as its static peers (written to config.toml).
+    pub fn start_daemon_with_peers(&self, peers: &[libp2p::Multiaddr]) {
+        let config = self.repo.join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let list: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+        let text = text.replace(
+            "static_peers = []",
+            &format!("static_peers = [{}]", list.join(", ")),
+        );
+        std::fs::write(&config, text).unwrap();
+        self.start_daemon();
+    }
+
     fn assert_daemon_alive(&self) {
         if let Some(child) = self.daemon.borrow_mut().as_mut() {
             if let Some(status) = child.try_wait().unwrap() {
@@ -163,7 +191,7 @@ impl Node {
         }
     }
 
-    fn daemon_log(&self) -> String {
+    pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 

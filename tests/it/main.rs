@@ -29,6 +29,7 @@ mod car;
 mod cli;
 mod concurrency;
 mod daemon;
+mod exchange;
 mod fixture;
 mod gateway;
 mod gen;

@@ -31,7 +31,7 @@ use crate::block::BlockError;
 
 pub use dir::{list_dir, resolve};
 pub use file::{read_file, read_range};
-pub use node::stat;
+pub use node::{file_layout, stat, FileLayout};
 pub use tree::get_tree;
 
 /// The deepest DAG the reader follows, counting file levels, directory nesting and HAMT

@@ -138,6 +138,36 @@ fn decode_dag_pb(cid: &Cid, block: &[u8]) -> Result<Node, ReadError> {
     }
 }
 
+/// How a file node's content is laid out: `inline` bytes of its own data, then each
+/// child's content in order, with the size its parent declares for it. For walking a
+/// byte range without reading the leaves (the block exchange does, on both ends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLayout {
+    pub inline: u64,
+    pub children: Vec<(Cid, u64)>,
+}
+
+/// The layout of the file (or raw) node `cid` whose verified bytes are `block`.
+pub fn file_layout(cid: &Cid, block: &[u8]) -> Result<FileLayout, ReadError> {
+    if cid.codec() == codec::RAW {
+        return Ok(FileLayout {
+            inline: block.len() as u64,
+            children: Vec::new(),
+        });
+    }
+    match decode_node(cid, block.to_vec())? {
+        Node::File(file) => Ok(FileLayout {
+            inline: file.data.len() as u64,
+            children: file
+                .children
+                .into_iter()
+                .map(|child| (child.cid, child.size))
+                .collect(),
+        }),
+        _ => Err(ReadError::NotAFile(*cid)),
+    }
+}
+
 /// The kind and size of the node `cid` names.
 pub fn stat<B: BlockGet + ?Sized>(store: &B, cid: &Cid) -> Result<Entry, ReadError> {
     let block = get_verified(store, cid)?;
