@@ -157,6 +157,12 @@ impl Node {
 
     /// The daemon's peer-to-peer address with its peer id, from its start-up line.
     pub fn peer_address(&self) -> libp2p::Multiaddr {
+        // The API can answer a moment before the line is written.
+        let deadline = Instant::now() + DAEMON_DEADLINE;
+        while !self.daemon_log().contains(", web page ") && Instant::now() < deadline {
+            self.assert_daemon_alive();
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let log = self.daemon_log();
         let field = |after: &str| {
             log.split(after)
@@ -168,6 +174,11 @@ impl Node {
         let addr: libp2p::Multiaddr = field("listening on ").parse().unwrap();
         let peer: libp2p::PeerId = field(", peer ").parse().unwrap();
         addr.with(libp2p::multiaddr::Protocol::P2p(peer))
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.borrow().as_ref().map(Child::id)
     }
 
     /// Starts the daemon with `peers` as its static peers (written to config.toml).

@@ -390,3 +390,384 @@ fn cat_get_and_ls_on_a_daemon_fetch_from_its_peers_with_the_same_output() {
         "{offline}"
     );
 }
+
+// ---- hostile peers ----
+
+/// A peer built from the protocol's own types that breaks its rules on purpose: as a
+/// server it answers with `fault`; as a client the test drives its streams directly.
+struct Hostile {
+    id: libp2p::PeerId,
+    control: libp2p_stream::Control,
+    dials: tokio::sync::mpsc::Sender<Multiaddr>,
+    connected: Arc<std::sync::Mutex<std::collections::HashSet<libp2p::PeerId>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The first block of a DAG request with one bit flipped.
+    WrongBytes,
+    /// A valid block nobody asked for, in place of the first one.
+    Unrequested,
+    /// A frame that claims 64 MiB.
+    Oversized,
+}
+
+/// A block the unrequested-block fault sends.
+fn unrequested_block() -> (Cid, Vec<u8>) {
+    let data = b"a block nobody asked for".to_vec();
+    (
+        oermesh::block::cid_v1(oermesh::block::codec::RAW, &data),
+        data,
+    )
+}
+
+impl Hostile {
+    fn start() -> Hostile {
+        use libp2p::swarm::SwarmEvent;
+        use libp2p::{noise, tcp, yamux};
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|config| {
+                config.with_idle_connection_timeout(Duration::from_secs(600))
+            })
+            .build();
+        let control = swarm.behaviour().new_control();
+        let id = *swarm.local_peer_id();
+        let (dials, mut queue) = tokio::sync::mpsc::channel::<Multiaddr>(8);
+        let connected = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let seen = connected.clone();
+        let task = tokio::spawn(async move {
+            use libp2p::futures::StreamExt;
+            loop {
+                tokio::select! {
+                    Some(addr) = queue.recv() => { let _ = swarm.dial(addr); }
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                            seen.lock().unwrap().insert(peer_id);
+                        }
+                        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                            seen.lock().unwrap().remove(&peer_id);
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
+        Hostile {
+            id,
+            control,
+            dials,
+            connected,
+            task,
+        }
+    }
+
+    fn is_connected(&self, peer: &libp2p::PeerId) -> bool {
+        self.connected.lock().unwrap().contains(peer)
+    }
+
+    async fn connect(&self, addr: &Multiaddr) {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            panic!("{addr} names no peer");
+        };
+        self.dials.send(addr.clone()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !self.is_connected(&peer) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cannot reach {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Serves `blocks` honestly to requests for single blocks, and with `fault` to the
+    /// first DAG request for a block it holds.
+    fn serve(&self, blocks: std::collections::HashMap<Cid, Vec<u8>>, fault: Fault) {
+        use libp2p::futures::{AsyncWriteExt, StreamExt};
+        use oermesh::exchange::wire::{self, End, Frame, Status};
+        let mut incoming = self.control.clone().accept(wire::PROTOCOL).unwrap();
+        let blocks = Arc::new(blocks);
+        tokio::spawn(async move {
+            while let Some((_, mut stream)) = incoming.next().await {
+                let blocks = blocks.clone();
+                tokio::spawn(async move {
+                    let Ok(Some(Frame::Request(request))) =
+                        wire::read_frame(&mut stream, wire::MAX_REQUEST_FRAME).await
+                    else {
+                        return;
+                    };
+                    for root in &request.roots {
+                        let Some(data) = blocks.get(root) else {
+                            let _ = wire::write_frame(&mut stream, &Frame::Missing(*root)).await;
+                            continue;
+                        };
+                        if request.scope == Scope::Block {
+                            let _ = wire::write_block(&mut stream, root, data).await;
+                            continue;
+                        }
+                        match fault {
+                            Fault::WrongBytes => {
+                                let mut wrong = data.clone();
+                                wrong[0] ^= 1;
+                                let _ = wire::write_block(&mut stream, root, &wrong).await;
+                            }
+                            Fault::Unrequested => {
+                                let (cid, data) = unrequested_block();
+                                let _ = wire::write_block(&mut stream, &cid, &data).await;
+                            }
+                            Fault::Oversized => {
+                                let mut frame = Vec::new();
+                                oermesh::varint::put(&mut frame, 64 << 20);
+                                frame.extend_from_slice(&[2; 4096]);
+                                let _ = stream.write_all(&frame).await;
+                            }
+                        }
+                        let _ = stream.flush().await;
+                        // Keeps the stream open: the client must not wait for the rest.
+                        std::future::pending::<()>().await;
+                    }
+                    let end = Frame::End(End {
+                        status: Status::Complete,
+                        message: None,
+                    });
+                    let _ = wire::write_frame(&mut stream, &end).await;
+                    let _ = stream.close().await;
+                });
+            }
+        });
+    }
+
+    async fn open(&self, peer: libp2p::PeerId) -> Option<libp2p::Stream> {
+        self.control
+            .clone()
+            .open_stream(peer, oermesh::exchange::wire::PROTOCOL)
+            .await
+            .ok()
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The blocks of `bytes` added as a file with the default profile.
+fn blocks_of(bytes: &[u8]) -> (Cid, std::collections::HashMap<Cid, Vec<u8>>) {
+    use oermesh::unixfs::importer::{Imported, TreeBuilder, TreeSink};
+    let files = scratch_dir();
+    let path = files.path().join("f");
+    std::fs::write(&path, bytes).unwrap();
+    let blocks = oermesh::block::MemoryBlocks::new();
+    let profile = oermesh::unixfs::profile::Profile::by_name("unixfs-v1-2025").unwrap();
+    let mut on_entry = |_: &str, _: &Imported| {};
+    let progress = |_| {};
+    let mut builder = TreeBuilder::new(&profile, &blocks, &mut on_entry, &progress);
+    let mut file = std::fs::File::open(&path).unwrap();
+    TreeSink::file(&mut builder, "f", &mut file, bytes.len() as u64, &path).unwrap();
+    let root = builder.finish().unwrap().cid;
+    (root, blocks.into_blocks())
+}
+
+/// Polls the daemon's log until it says it cut `peer` off; returns that line.
+async fn cut_off_line(node: &crate::cli::Node, peer: &libp2p::PeerId) -> String {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let log = node.daemon_log();
+        if let Some(line) = log
+            .lines()
+            .find(|line| line.contains("disconnecting") && line.contains(&peer.to_string()))
+        {
+            return line.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{peer} was not cut off: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The peak resident memory of a process, from /proc.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+fn oermesh(repo: &Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_oermesh"))
+        .args(args)
+        .env("OERMESH_REPO", repo)
+        .env_remove("OERMESH_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn finished(child: std::process::Child) -> std::process::Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_cut_off_and_an_honest_transfer_beside_them_completes() {
+    use crate::cli::{Mode, Node as CliNode};
+    use crate::gen::generated_bytes;
+    use libp2p::futures::AsyncWriteExt;
+    use oermesh::exchange::wire::{self, Frame, Request};
+    let a = CliNode::init_in(Mode::Daemon);
+    let b = CliNode::new_in(Mode::Daemon);
+    b.ok(&["init"]);
+    b.start_daemon_with_peers(&[a.peer_address()]);
+    let (a_addr, b_addr) = (a.peer_address(), b.peer_address());
+    let (a_id, b_id) = (peer_of(&a_addr), peer_of(&b_addr));
+
+    // The honest transfer, running through everything below.
+    let big = generated_bytes(48 << 20, 77);
+    let big_path = a.write("big.bin", &big);
+    let big_root = a
+        .ok(&["add", "-Q", big_path.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let first_leaf = oermesh::block::cid_v1(oermesh::block::codec::RAW, &big[..1 << 20]);
+    let honest = oermesh(&b.repo, &["fetch", "--pin", &big_root]);
+
+    // As servers: B asks them for a file only they hold at first; each is cut off for
+    // its fault, and once A holds the file too, B gets it from A.
+    let faults = [
+        (Fault::WrongBytes, "do not match its CID"),
+        (Fault::Unrequested, "was due"),
+        (Fault::Oversized, "above the limit"),
+    ];
+    for (index, (fault, reason)) in faults.into_iter().enumerate() {
+        let bytes = generated_bytes(3 << 20, 200 + index as u32);
+        let (root, blocks) = blocks_of(&bytes);
+        let hostile = Hostile::start();
+        hostile.serve(blocks, fault);
+        hostile.connect(&b_addr).await;
+        let fetch = oermesh(&b.repo, &["fetch", "--wait", "120", &root.to_string()]);
+        let line = cut_off_line(&b, &hostile.id).await;
+        assert!(line.contains(reason), "{fault:?}: {line}");
+        let path = a.write(&format!("shared-{index}.bin"), &bytes);
+        assert_eq!(
+            a.ok(&["add", "-Q", path.to_str().unwrap()]).trim(),
+            root.to_string()
+        );
+        let out = finished(fetch).await;
+        assert!(
+            out.status.success(),
+            "{fault:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!hostile.is_connected(&b_id), "{fault:?}: still connected");
+        assert!(
+            b.run(&["cat", &root.to_string()]).stdout == bytes,
+            "{fault:?}: the file arrived intact from the honest peer"
+        );
+    }
+    let (unrequested, _) = unrequested_block();
+    assert!(b
+        .fails(&["pin", "add", &unrequested.to_string()])
+        .contains("not in the store"));
+
+    // As clients of A: a flood of streams, 100,000 wants, an oversized request.
+    let flood = Hostile::start();
+    flood.connect(&a_addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..1000 {
+        match flood.open(a_id).await {
+            Some(stream) => streams.push(stream),
+            None => break,
+        }
+        if !flood.is_connected(&a_id) {
+            break;
+        }
+    }
+    assert!(cut_off_line(&a, &flood.id)
+        .await
+        .contains("streams open at once"));
+    assert!(streams.len() < 1000, "the flood was never stopped");
+    drop(streams);
+
+    let wants = Hostile::start();
+    wants.connect(&a_addr).await;
+    let mut sent = 0;
+    let mut streams = Vec::new();
+    while sent < 100_000 {
+        let Some(mut stream) = wants.open(a_id).await else {
+            break;
+        };
+        let request = Request {
+            roots: vec![first_leaf; wire::MAX_ROOTS],
+            scope: Scope::Block,
+            path: None,
+            range: None,
+            prune: vec![],
+        };
+        if wire::write_frame(&mut stream, &Frame::Request(request))
+            .await
+            .is_err()
+            || stream.flush().await.is_err()
+        {
+            break;
+        }
+        sent += wire::MAX_ROOTS;
+        // Never read: the answers pile up on A's side of the stream, not in A.
+        streams.push(stream);
+    }
+    assert!(cut_off_line(&a, &wants.id).await.contains("wanted at once"));
+    assert!(sent < 100_000, "all 100,000 wants were taken");
+    drop(streams);
+
+    let oversized = Hostile::start();
+    oversized.connect(&a_addr).await;
+    if let Some(mut stream) = oversized.open(a_id).await {
+        let mut frame = Vec::new();
+        oermesh::varint::put(&mut frame, 16 << 20);
+        frame.push(1);
+        let _ = stream.write_all(&frame).await;
+        let _ = stream.flush().await;
+        assert!(cut_off_line(&a, &oversized.id)
+            .await
+            .contains("above the limit"));
+    }
+
+    // The honest transfer completed, whole and verified, and nothing bad was stored.
+    let out = finished(honest).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cat = b.run(&["cat", &big_root]);
+    assert!(cat.stdout == big, "the honest transfer arrived intact");
+    assert!(b.ok(&["verify"]).contains("all good"));
+    for node in [&a, &b] {
+        let peak = peak_memory(node.daemon_pid().unwrap());
+        assert!(peak < 160 << 20, "a daemon peaked at {} MiB", peak >> 20);
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> libp2p::PeerId {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => peer,
+        _ => panic!("{addr} names no peer"),
+    }
+}
