@@ -63,8 +63,6 @@ const LACKING_FOR: Duration = Duration::from_secs(5);
 const MAX_STRIKES: u32 = 3;
 /// How often the connected peers are listed again while a fetch runs.
 const PEER_REFRESH: Duration = Duration::from_secs(2);
-/// How long a fetch waits for a first peer when no discovery is configured.
-const NO_DISCOVERY_WAIT: Duration = Duration::from_secs(3);
 /// Bytes written through one batch before it is committed and a new one started: an
 /// interrupted fetch keeps what it had (unnamed, so invisible) and resumes from there.
 const COMMIT_BYTES: u64 = 512 * 1024 * 1024;
@@ -156,6 +154,11 @@ pub struct Fetched {
 pub enum FetchError {
     #[error("no peer has block {cid} ({detail})")]
     NotFound { cid: Cid, detail: String },
+    #[error(
+        "block {cid} is not here, and this node has no peer to ask for it \
+         (mDNS and static peers are off)"
+    )]
+    NoPeers { cid: Cid },
     #[error(transparent)]
     Path(ReadError),
     #[error(transparent)]
@@ -392,16 +395,18 @@ impl Session {
     }
 
     /// Whether the fetch has waited long enough for a peer that has what it needs.
+    /// A node that finds no peers on its own and has none now will not get one by
+    /// waiting (only by being dialled): it says so at once.
     fn waited_out(&self) -> bool {
-        let waited = self.last_progress.elapsed();
-        if waited >= self.wait {
-            return true;
-        }
-        !self.shared.config.discovery && self.peers.is_empty() && waited >= NO_DISCOVERY_WAIT
+        self.last_progress.elapsed() >= self.wait
+            || (!self.shared.config.discovery && self.peers.is_empty())
     }
 
     fn not_found(&self, cid: Cid) -> FetchError {
         let asked = self.peers.len();
+        if asked == 0 && !self.shared.config.discovery {
+            return FetchError::NoPeers { cid };
+        }
         let waited = self.last_progress.elapsed().as_secs();
         let detail = match asked {
             0 => format!("not connected to any peer; waited {waited} s"),

@@ -140,6 +140,8 @@ impl crate::web::BlockFetcher for Exchange {
                 Err(err) => Err(err),
             },
             Err(FetchError::NotFound { .. }) => Ok(None),
+            // Nobody was asked: the block is simply not here.
+            Err(FetchError::NoPeers { cid }) => Err(crate::block::BlockError::NotFound(cid)),
             Err(err) => Err(crate::block::BlockError::Backend(err.to_string())),
         }
     }

@@ -199,7 +199,7 @@ impl NodeError {
             },
             NodeError::Car(err) => car_code(err),
             NodeError::Fetch(err) => match err.as_ref() {
-                FetchError::NotFound { .. } => ErrorCode::NotFound,
+                FetchError::NotFound { .. } | FetchError::NoPeers { .. } => ErrorCode::NotFound,
                 FetchError::Path(err) => match err {
                     ReadError::NotFound(_) | ReadError::NoSuchEntry { .. } => ErrorCode::NotFound,
                     _ => ErrorCode::InvalidArgument,
