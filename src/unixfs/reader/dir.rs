@@ -215,9 +215,13 @@ mod tests {
     use crate::unixfs::pb::{DataType, PbLink, PbNode, UnixfsData};
 
     fn put_shard(store: &MemoryBlocks, links: Vec<(String, Cid)>) -> Cid {
+        put_shard_of(store, 256, links)
+    }
+
+    fn put_shard_of(store: &MemoryBlocks, fanout: u64, links: Vec<(String, Cid)>) -> Cid {
         let mut unixfs = UnixfsData::new(DataType::HamtShard);
         unixfs.hash_type = Some(hamt::HASH_TYPE);
-        unixfs.fanout = Some(256);
+        unixfs.fanout = Some(fanout);
         unixfs.data = Some(vec![0; 32]);
         let links = links
             .into_iter()
@@ -317,5 +321,27 @@ mod tests {
             resolve(&store, &bogus, first),
             Err(ReadError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_name_below_the_first_64_hash_bits_is_found_as_the_builder_places_it() {
+        // Fanout 16 takes 4 bits a level: 16 levels use the first 64 bits, and the 17th
+        // bucket comes from the name hashed again, as `hamt::bucket_index` (the builder's
+        // rule) says.
+        let store = MemoryBlocks::new();
+        let name = "deep.txt";
+        let file = put_raw(&store, "at the bottom");
+        let label = |depth: usize| hamt::label_prefix(hamt::bucket_index(name, depth, 4), 16);
+        let mut shard = put_shard_of(&store, 16, vec![(format!("{}{name}", label(16)), file)]);
+        for depth in (0..16).rev() {
+            shard = put_shard_of(&store, 16, vec![(label(depth), shard)]);
+        }
+        assert_eq!(resolve(&store, &shard, name).unwrap(), file);
+        let listed: Vec<String> = list_dir(&store, &shard)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
+        assert_eq!(listed, [name]);
     }
 }
