@@ -630,7 +630,7 @@ async fn finished(child: std::process::Child) -> std::process::Output {
 async fn hostile_peers_are_cut_off_and_an_honest_transfer_beside_them_completes() {
     use crate::cli::{Mode, Node as CliNode};
     use crate::gen::generated_bytes;
-    use libp2p::futures::AsyncWriteExt;
+    use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
     use oermesh::exchange::wire::{self, Frame, Request};
     let a = CliNode::init_in(Mode::Daemon);
     let b = CliNode::new_in(Mode::Daemon);
@@ -710,9 +710,10 @@ async fn hostile_peers_are_cut_off_and_an_honest_transfer_beside_them_completes(
     wants.connect(&a_addr).await;
     let mut sent = 0;
     let mut streams = Vec::new();
-    while sent < 100_000 {
+    while sent < 100_000 && wants.is_connected(&a_id) {
+        sent += wire::MAX_ROOTS;
         let Some(mut stream) = wants.open(a_id).await else {
-            break;
+            continue;
         };
         let request = Request {
             roots: vec![first_leaf; wire::MAX_ROOTS],
@@ -721,16 +722,22 @@ async fn hostile_peers_are_cut_off_and_an_honest_transfer_beside_them_completes(
             range: None,
             prune: vec![],
         };
-        if wire::write_frame(&mut stream, &Frame::Request(request))
+        // A busy daemon may drop a stream before it reads it (libp2p-stream hands on
+        // one at a time); only a stream that is being answered holds its wants, so
+        // wait for the answer's first byte before the next. Never read further: the
+        // answer piles up on A's side of the stream, not in A.
+        let mut first = [0u8; 1];
+        let answered = async {
+            wire::write_frame(&mut stream, &Frame::Request(request)).await?;
+            stream.flush().await?;
+            stream.read_exact(&mut first).await
+        };
+        if tokio::time::timeout(DEADLINE, answered)
             .await
-            .is_err()
-            || stream.flush().await.is_err()
+            .is_ok_and(|r| r.is_ok())
         {
-            break;
+            streams.push(stream);
         }
-        sent += wire::MAX_ROOTS;
-        // Never read: the answers pile up on A's side of the stream, not in A.
-        streams.push(stream);
     }
     assert!(cut_off_line(&a, &wants.id).await.contains("wanted at once"));
     assert!(sent < 100_000, "all 100,000 wants were taken");
