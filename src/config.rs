@@ -28,13 +28,28 @@ publishers = []
 # Address of the web page and HTTP gateway for browsers. Use "0.0.0.0:8080" to
 # serve every machine on the school network.
 http_listen = "127.0.0.1:8080"
-# Addresses the node accepts peer connections on (libp2p multiaddrs).
-listen = ["/ip4/0.0.0.0/tcp/4001"]
+# Addresses the node accepts peer connections on (libp2p multiaddrs): TCP, and QUIC
+# over UDP where the network lets it through (TCP is always enough).
+listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
 # Find other oermesh nodes on the local network by multicast DNS.
 mdns = true
 # Peers to connect to directly, for networks that block multicast
-# (e.g. "/ip4/192.168.1.20/tcp/4001").
+# (e.g. "/ip4/192.168.1.20/tcp/4001"). Manage with `oermesh peers add|rm`.
 static_peers = []
+# Nodes that introduce this one to the wider oermesh network (the Kademlia DHT), as
+# multiaddrs ending in /p2p/PEER_ID. Empty: the node contacts nobody beyond its LAN
+# and static peers.
+bootstrap = []
+# "server": answer other nodes' DHT queries (school servers on a LAN, mirrors);
+# "client": only ask (a node behind NAT that other nodes cannot dial).
+dht_mode = "server"
+# Connections open at once: in all, and to any one peer.
+max_connections = 128
+max_connections_per_peer = 2
+# Handshakes in progress from peers that dialled this node.
+max_pending_incoming = 16
+# New connections are refused while the daemon uses more memory than this, in MiB.
+max_memory_mb = 1024
 
 [api]
 # While the daemon runs, every oermesh command on this machine talks to it through
@@ -118,6 +133,12 @@ pub struct DaemonSection {
     pub listen: Vec<String>,
     pub mdns: bool,
     pub static_peers: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub dht_mode: String,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
+    pub max_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -171,9 +192,18 @@ impl Default for DaemonSection {
     fn default() -> Self {
         DaemonSection {
             http_listen: "127.0.0.1:8080".into(),
-            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".into(),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+            ],
             mdns: true,
             static_peers: Vec::new(),
+            bootstrap: Vec::new(),
+            dht_mode: "server".into(),
+            max_connections: 128,
+            max_connections_per_peer: 2,
+            max_pending_incoming: 16,
+            max_memory_mb: 1024,
         }
     }
 }
@@ -192,6 +222,22 @@ impl Config {
 
     /// Rewrites the trusted publishers list, keeping the file's comments and layout.
     pub fn save_trusted(path: &Path, publishers: &[String]) -> Result<(), ConfigError> {
+        Config::save_list(path, "trust", "publishers", publishers)
+    }
+
+    /// Rewrites the static peers list, keeping the file's comments and layout.
+    pub fn save_static_peers(path: &Path, peers: &[String]) -> Result<(), ConfigError> {
+        Config::save_list(path, "daemon", "static_peers", peers)
+    }
+
+    /// Replaces one list of strings in the file, keeping every comment and the layout
+    /// around it; the file is replaced whole (written aside, then renamed).
+    fn save_list(
+        path: &Path,
+        section: &str,
+        key: &str,
+        values: &[String],
+    ) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -203,13 +249,24 @@ impl Config {
                     message: err.message().to_string(),
                 })?;
         let mut list = toml_edit::Array::new();
-        for publisher in publishers {
-            list.push(publisher.as_str());
+        for value in values {
+            list.push(value.as_str());
         }
-        if !doc.contains_key("trust") {
-            doc["trust"] = toml_edit::table();
+        if !doc.contains_key(section) {
+            doc[section] = toml_edit::table();
         }
-        doc["trust"]["publishers"] = toml_edit::value(list);
+        match doc[section]
+            .get_mut(key)
+            .and_then(|item| item.as_value_mut())
+        {
+            // Keep the comment and spacing that decorate the existing value.
+            Some(existing) => {
+                let decor = existing.decor().clone();
+                *existing = toml_edit::Value::Array(list);
+                *existing.decor_mut() = decor;
+            }
+            None => doc[section][key] = toml_edit::value(list),
+        }
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, doc.to_string())
             .and_then(|()| std::fs::rename(&tmp, path))
@@ -232,6 +289,22 @@ mod tests {
             Config::default(),
             "the documented file and the code must agree"
         );
+    }
+
+    #[test]
+    fn editing_a_list_keeps_the_comments_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, DEFAULT_CONFIG).unwrap();
+        let peers = vec!["/ip4/192.168.1.20/tcp/4001".to_string()];
+        Config::save_static_peers(&path, &peers).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = DEFAULT_CONFIG.replace(
+            "static_peers = []",
+            "static_peers = [\"/ip4/192.168.1.20/tcp/4001\"]",
+        );
+        assert_eq!(text, expected, "only the list changed");
+        assert_eq!(Config::load(&path).unwrap().daemon.static_peers, peers);
     }
 
     #[test]

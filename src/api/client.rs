@@ -379,6 +379,33 @@ impl Service for ApiClient {
     fn trust_list(&self) -> Result<Vec<String>> {
         self.call("/trust/list", &NoArg {})
     }
+    fn id(&self) -> Result<IdView> {
+        self.call("/id", &NoArg {})
+    }
+    fn peers(&self) -> Result<Vec<PeerView>> {
+        self.call("/peers", &NoArg {})
+    }
+    fn peers_add(&self, addr: &str) -> Result<StaticPeerEdit> {
+        self.call("/peers/add", &AddrArg { addr: addr.into() })
+    }
+    fn peers_rm(&self, addr: &str) -> Result<StaticPeerEdit> {
+        self.call("/peers/rm", &AddrArg { addr: addr.into() })
+    }
+    fn follow(&self, id: &str, metadata_only: bool) -> Result<FollowView> {
+        self.call(
+            "/follow",
+            &FollowArg {
+                id: id.into(),
+                metadata_only,
+            },
+        )
+    }
+    fn unfollow(&self, id: &str) -> Result<FollowView> {
+        self.call("/unfollow", &IdArg { id: id.into() })
+    }
+    fn follow_list(&self) -> Result<Vec<FollowRow>> {
+        self.call("/follow/list", &NoArg {})
+    }
 }
 
 fn read_add_replies(

@@ -171,6 +171,20 @@ pub mod args {
         pub cid: Cid,
     }
 
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AddrArg {
+        pub addr: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FollowArg {
+        pub id: String,
+        #[serde(default)]
+        pub metadata_only: bool,
+    }
+
     /// For endpoints that take nothing: an empty body or `{}`.
     #[derive(Debug, Clone, Default, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

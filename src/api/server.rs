@@ -187,6 +187,36 @@ pub fn router(state: ApiState) -> Router {
             "/trust/list",
             post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.trust_list())),
         )
+        .route(
+            "/id",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.id())),
+        )
+        .route(
+            "/peers",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.peers())),
+        )
+        .route(
+            "/peers/add",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: AddrArg| n.peers_add(&a.addr))),
+        )
+        .route(
+            "/peers/rm",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: AddrArg| n.peers_rm(&a.addr))),
+        )
+        .route(
+            "/follow",
+            post(|s: State<ApiState>, b: Bytes| {
+                call(s, b, |n, a: FollowArg| n.follow(&a.id, a.metadata_only))
+            }),
+        )
+        .route(
+            "/unfollow",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: IdArg| n.unfollow(&a.id))),
+        )
+        .route(
+            "/follow/list",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.follow_list())),
+        )
         .fallback(|| async { error_response(&NodeError::not_found("no such API endpoint")) });
     Router::new()
         .nest(PREFIX, rpc)

@@ -11,6 +11,7 @@ use oermesh::node::{Node, NodeError, Service};
 use oermesh::repo::{Repo, RepoError};
 
 mod files;
+mod network;
 mod output;
 mod publish;
 
@@ -94,6 +95,20 @@ enum Command {
     /// Publishers whose records and collections this node trusts
     #[command(subcommand)]
     Trust(publish::TrustCommand),
+    /// The node's peer id and the addresses other nodes can dial
+    Id,
+    /// Connected peers (with a running daemon); add or remove static peers
+    Peers {
+        #[command(subcommand)]
+        command: Option<network::PeersCommand>,
+    },
+    /// Keep a collection's newest version from peers (`--metadata-only`); `follow list`
+    Follow(network::FollowArgs),
+    /// Stop following a collection
+    Unfollow {
+        /// Collection id
+        id: String,
+    },
     /// Run the node: peer connections and the web page, until Ctrl-C or SIGTERM.
     /// Creates the repository if there is none.
     Daemon(DaemonArgs),
@@ -212,6 +227,10 @@ fn run_command(service: &dyn Service, command: Command) -> Result<ExitCode> {
         Command::Provenance { cid } => publish::provenance(service, &cid),
         Command::Collection(command) => publish::collection(service, command),
         Command::Trust(command) => publish::trust(service, command),
+        Command::Id => network::id(service),
+        Command::Peers { command } => network::peers(service, command),
+        Command::Follow(args) => network::follow(service, args),
+        Command::Unfollow { id } => network::unfollow(service, &id),
         Command::Gc => {
             let report = service.gc()?;
             println!(

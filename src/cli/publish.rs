@@ -389,6 +389,9 @@ pub fn collection(service: &dyn Service, command: CollectionCommand) -> Result<E
             if view.retracted_hidden > 0 {
                 writeln!(out, "retracted   {} entries hidden", view.retracted_hidden)?;
             }
+            for evidence in &view.equivocations {
+                writeln!(out, "{}", super::network::equivocation_line(evidence))?;
+            }
             for entry in &view.entries {
                 let licence = entry.licence.as_deref().unwrap_or("(record not here)");
                 let title = entry.title.as_deref().unwrap_or("");

@@ -7,6 +7,7 @@
 //! event loop or the async threads. [`Daemon`] starts them, reports where they listen,
 //! and stops them together; [`run`] adds the start-up line and signal handling.
 
+pub mod follow;
 pub mod net;
 pub mod pool;
 
@@ -27,11 +28,49 @@ use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
 use crate::store::StoreError;
 use crate::web::{self, WebConfig, WebError, WebParts};
-use net::{Client, NetConfig, NetError};
+use net::{Client, Limits, NetConfig, NetError};
 use pool::BlockingPool;
 
 /// How long shutdown lets browsers finish their requests before cutting them off.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the service layer waits for the network task to answer a command.
+const NET_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running daemon's network, as the service layer reaches it: the service layer's
+/// methods block (they run on the blocking pool), and call in through this.
+#[derive(Clone)]
+pub struct Online {
+    client: Client,
+    follower: tokio::sync::mpsc::Sender<follow::FollowCommand>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Online {
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Hands the follower a command, waiting while its queue is full. Must not be
+    /// called on an async thread.
+    pub fn tell_follower(&self, command: follow::FollowCommand) {
+        if self.follower.blocking_send(command).is_err() {
+            tracing::warn!("the follower has stopped; the change applies at the next start");
+        }
+    }
+
+    /// Runs a call to the network from blocking code, waiting at most
+    /// `NET_ANSWER_TIMEOUT`. Must not be called on an async thread.
+    pub fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        self.runtime.block_on(async {
+            tokio::time::timeout(NET_ANSWER_TIMEOUT, call)
+                .await
+                .unwrap_or(Err(NetError::Timeout))
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -80,7 +119,7 @@ pub struct DaemonOptions {
 struct Settings {
     http_listen: String,
     net: NetConfig,
-    /// Whether peers can turn up without dialling us (mDNS, static peers).
+    /// Whether peers can turn up without dialling us (mDNS, static peers, the DHT).
     discovery: bool,
 }
 
@@ -108,8 +147,38 @@ impl DaemonOptions {
             None => parse_all("static_peers", &config.static_peers)?,
         };
         let mdns = self.mdns.unwrap_or(config.mdns);
+        let bootstrap = parse_all("bootstrap", &config.bootstrap)?;
+        let dht_server = match config.dht_mode.as_str() {
+            "server" => true,
+            "client" => false,
+            other => {
+                return Err(DaemonError::Config {
+                    key: "dht_mode",
+                    value: other.to_string(),
+                    expected: "mode (\"server\" or \"client\")",
+                })
+            }
+        };
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(DaemonError::Config {
+                    key,
+                    value: "0".into(),
+                    expected: "limit (it must be at least 1)",
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        positive("max_connections", config.max_connections.into())?;
+        positive(
+            "max_connections_per_peer",
+            config.max_connections_per_peer.into(),
+        )?;
+        positive("max_pending_incoming", config.max_pending_incoming.into())?;
+        positive("max_memory_mb", config.max_memory_mb)?;
         Ok(Settings {
-            discovery: mdns || !static_peers.is_empty(),
+            discovery: mdns || !static_peers.is_empty() || !bootstrap.is_empty(),
             http_listen: self
                 .http_listen
                 .unwrap_or_else(|| config.http_listen.clone()),
@@ -117,6 +186,15 @@ impl DaemonOptions {
                 listen,
                 mdns,
                 static_peers,
+                bootstrap,
+                dht_server,
+                limits: Limits {
+                    max_connections: config.max_connections,
+                    max_connections_per_peer: config.max_connections_per_peer,
+                    max_pending_incoming: config.max_pending_incoming,
+                    max_memory_bytes: usize::try_from(config.max_memory_mb.saturating_mul(1 << 20))
+                        .unwrap_or(usize::MAX),
+                },
             },
         })
     }
@@ -138,6 +216,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     net_task: Option<JoinHandle<()>>,
     exchange_task: Option<JoinHandle<()>>,
+    follow_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -174,28 +253,34 @@ impl Daemon {
                     .to_string(),
                 source,
             })?;
-        let (client, event_loop, listen_addrs) = match net::start(keypair, settings.net).await {
+        let started = match net::start(keypair, settings.net).await {
             Ok(started) => started,
             Err(err) => {
                 let _ = std::fs::remove_file(&api_socket);
                 return Err(err.into());
             }
         };
+        let client = started.client;
+        let listen_addrs = started.listen_addrs;
+        let from_network = follow::FromNetwork {
+            inbound: started.inbound,
+            events: client.events(),
+        };
 
         let (shutdown, shutdown_signal) = watch::channel(false);
-        let net_task = tokio::spawn(event_loop.run(shutdown_signal.clone()));
+        let net_task = tokio::spawn(started.event_loop.run(shutdown_signal.clone()));
         let pool = BlockingPool::new(pool::DEFAULT_POOL_SIZE);
         let exchange_config = ExchangeConfig {
             discovery: settings.discovery,
         };
-        let started = exchange::start(
+        let exchange_started = exchange::start(
             node.store().clone(),
             pool.clone(),
             client.clone(),
             exchange_config,
             shutdown_signal.clone(),
         );
-        let Ok((exchange, exchange_task)) = started else {
+        let Ok((exchange, exchange_task)) = exchange_started else {
             let _ = shutdown.send(true);
             let _ = net_task.await;
             let _ = std::fs::remove_file(&api_socket);
@@ -224,6 +309,13 @@ impl Daemon {
             web.clone(),
             shutdown_signal.clone(),
         ));
+        let (follower, follow_task) = follow::spawn(
+            node.clone(),
+            client.clone(),
+            pool.clone(),
+            from_network,
+            shutdown_signal.clone(),
+        );
         let api_state = ApiState {
             node: node.clone(),
             pool,
@@ -246,6 +338,11 @@ impl Daemon {
                 shutdown_signal,
             )));
         }
+        node.set_online(Some(Online {
+            client: client.clone(),
+            follower,
+            runtime: tokio::runtime::Handle::current(),
+        }));
         Ok(Daemon {
             node,
             peer_id,
@@ -260,6 +357,7 @@ impl Daemon {
             shutdown,
             net_task: Some(net_task),
             exchange_task: Some(exchange_task),
+            follow_task: Some(follow_task),
             http_task: Some(http_task),
             api_tasks,
         })
@@ -347,8 +445,11 @@ impl Daemon {
     /// Resolves when a task ends on its own (a panic or a server failure). A running
     /// daemon never gets here; callers race it against their stop signal.
     pub async fn task_ended(&mut self) -> DaemonError {
-        let (Some(net_task), Some(http_task)) = (self.net_task.as_mut(), self.http_task.as_mut())
-        else {
+        let (Some(net_task), Some(follow_task), Some(http_task)) = (
+            self.net_task.as_mut(),
+            self.follow_task.as_mut(),
+            self.http_task.as_mut(),
+        ) else {
             return DaemonError::TaskEnded("daemon");
         };
         let api_tasks = &mut self.api_tasks;
@@ -369,6 +470,10 @@ impl Daemon {
                 if let Err(err) = result { tracing::error!(%err, "network task failed"); }
                 "network"
             }
+            result = follow_task => {
+                if let Err(err) = result { tracing::error!(%err, "follower task failed"); }
+                "follower"
+            }
             result = http_task => {
                 match result {
                     Ok(Err(err)) => tracing::error!(%err, "web server failed"),
@@ -384,6 +489,7 @@ impl Daemon {
         };
         match which {
             "network" => self.net_task = None,
+            "follower" => self.follow_task = None,
             "web server" => self.http_task = None,
             _ => {}
         }
@@ -393,6 +499,7 @@ impl Daemon {
     /// Stops accepting work, lets requests in progress finish, closes peer
     /// connections, flushes the store and releases the repository.
     pub async fn shutdown(mut self) -> Result<(), DaemonError> {
+        self.node.set_online(None);
         let _ = self.shutdown.send(true);
         if let Some(mut http_task) = self.http_task.take() {
             match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, &mut http_task).await {
@@ -414,6 +521,11 @@ impl Daemon {
                 Ok(Err(err)) => tracing::warn!(%err, "API server task failed"),
                 Ok(Ok(Ok(()))) => {}
                 Err(_) => tracing::warn!("API requests still open after {HTTP_DRAIN_TIMEOUT:?}"),
+            }
+        }
+        if let Some(follow_task) = self.follow_task.take() {
+            if let Err(err) = follow_task.await {
+                tracing::warn!(%err, "follower task failed");
             }
         }
         // Responses still being produced on blocking threads hold the web state, and
@@ -522,6 +634,7 @@ mod tests {
             listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             mdns: true,
             static_peers: vec!["/ip4/10.0.0.2/tcp/4001".into()],
+            ..DaemonSection::default()
         };
         let from_config = DaemonOptions::default().resolve(&config).unwrap();
         assert_eq!(from_config.http_listen, "127.0.0.1:8080");
@@ -548,5 +661,24 @@ mod tests {
         };
         let err = DaemonOptions::default().resolve(&broken).err().unwrap();
         assert!(err.to_string().contains("daemon.static_peers"), "{err}");
+
+        let unknown_mode = DaemonSection {
+            dht_mode: "auto".into(),
+            ..DaemonSection::default()
+        };
+        let err = DaemonOptions::default()
+            .resolve(&unknown_mode)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("daemon.dht_mode"), "{err}");
+        let no_connections = DaemonSection {
+            max_connections: 0,
+            ..DaemonSection::default()
+        };
+        let err = DaemonOptions::default()
+            .resolve(&no_connections)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("daemon.max_connections"), "{err}");
     }
 }

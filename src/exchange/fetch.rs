@@ -360,7 +360,12 @@ impl Session {
         let Ok(connected) = self.shared.net.peers().await else {
             return;
         };
-        let connected: HashSet<PeerId> = connected.into_iter().map(|p| p.peer_id).collect();
+        // Peers of another protocol version are never asked.
+        let connected: HashSet<PeerId> = connected
+            .into_iter()
+            .filter(|p| p.compatible != Some(false))
+            .map(|p| p.peer_id)
+            .collect();
         for peer in &connected {
             self.peers.entry(*peer).or_insert_with(|| PeerState {
                 usable: true,

@@ -6,6 +6,8 @@
 //! decided here, once. Methods block: the daemon runs them on its blocking pool.
 
 pub mod error;
+pub mod follow;
+mod network;
 pub mod service;
 pub mod views;
 
@@ -50,9 +52,11 @@ struct Inner {
     /// Edits of this node's own collections, publishing included, one at a time: a
     /// version number is never handed out twice.
     collection_edits: Mutex<()>,
-    /// Trust and key changes, one at a time, so that config.toml and the trusted set
-    /// never lose an edit.
+    /// Trust, key and static-peer changes, one at a time, so that config.toml and the
+    /// trusted set never lose an edit.
     trust_edits: Mutex<()>,
+    /// The running daemon's network, while there is one.
+    online: RwLock<Option<crate::daemon::Online>>,
 }
 
 impl Node {
@@ -83,6 +87,7 @@ impl Node {
                 records: RwLock::new(records),
                 collection_edits: Mutex::new(()),
                 trust_edits: Mutex::new(()),
+                online: RwLock::new(None),
             }),
         })
     }
@@ -340,6 +345,9 @@ impl Node {
     /// Imports a CAR: every block verified, every signature checked, all or nothing.
     pub fn import(&self, input: &mut dyn Read) -> Result<ImportView> {
         let report = crate::transfer::import_car(self.store(), &self.records(), input)?;
+        for (id, _, _) in &report.collections {
+            self.announce(id);
+        }
         Ok(ImportView {
             blocks: report.blocks,
             bytes: report.bytes,
@@ -643,6 +651,7 @@ impl Node {
         let published = book.publish(name, &key)?;
         book.warm_listing(&published.id);
         self.store().flush()?;
+        self.announce(&published.id);
         Ok(CollectionPublished {
             name: name.to_string(),
             id: published.id.to_string(),
@@ -672,6 +681,7 @@ impl Node {
             time: view.time,
             head: view.head,
             retracted_hidden: view.retracted_hidden,
+            equivocations: follow::equivocation_views(&self.records(), &view.id)?,
             entries: view
                 .entries
                 .iter()

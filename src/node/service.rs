@@ -62,6 +62,13 @@ pub trait Service: Sync {
     fn trust_add(&self, publisher: &str) -> Result<String>;
     fn trust_rm(&self, publisher: &str) -> Result<String>;
     fn trust_list(&self) -> Result<Vec<String>>;
+    fn id(&self) -> Result<IdView>;
+    fn peers(&self) -> Result<Vec<PeerView>>;
+    fn peers_add(&self, addr: &str) -> Result<StaticPeerEdit>;
+    fn peers_rm(&self, addr: &str) -> Result<StaticPeerEdit>;
+    fn follow(&self, id: &str, metadata_only: bool) -> Result<FollowView>;
+    fn unfollow(&self, id: &str) -> Result<FollowView>;
+    fn follow_list(&self) -> Result<Vec<FollowRow>>;
 }
 
 impl Service for Node {
@@ -163,6 +170,27 @@ impl Service for Node {
     }
     fn trust_list(&self) -> Result<Vec<String>> {
         Node::trust_list(self)
+    }
+    fn id(&self) -> Result<IdView> {
+        Node::id(self)
+    }
+    fn peers(&self) -> Result<Vec<PeerView>> {
+        Node::peers(self)
+    }
+    fn peers_add(&self, addr: &str) -> Result<StaticPeerEdit> {
+        Node::peers_add(self, addr)
+    }
+    fn peers_rm(&self, addr: &str) -> Result<StaticPeerEdit> {
+        Node::peers_rm(self, addr)
+    }
+    fn follow(&self, id: &str, metadata_only: bool) -> Result<FollowView> {
+        Node::follow(self, id, metadata_only)
+    }
+    fn unfollow(&self, id: &str) -> Result<FollowView> {
+        Node::unfollow(self, id)
+    }
+    fn follow_list(&self) -> Result<Vec<FollowRow>> {
+        Node::follow_list(self)
     }
 }
 

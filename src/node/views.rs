@@ -265,6 +265,9 @@ pub struct CollectionShow {
     pub head: Cid,
     pub entries: Vec<CollectionEntryView>,
     pub retracted_hidden: usize,
+    /// Versions the publisher signed twice with one number, seen here.
+    #[serde(default)]
+    pub equivocations: Vec<EquivocationView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,3 +329,78 @@ pub struct FetchOptions {
 }
 
 pub use crate::exchange::Fetched;
+
+/// The node's identity and where it accepts peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdView {
+    pub peer_id: String,
+    /// The running daemon's addresses, else the configured ones; each ends in
+    /// `/p2p/PEER_ID`, ready for another node's `peers add`.
+    pub addresses: Vec<String>,
+    /// Whether the addresses are the running daemon's own.
+    pub running: bool,
+}
+
+/// A connected peer as `peers` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub addresses: Vec<String>,
+    /// Last measured round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// The software it says it runs.
+    pub agent: Option<String>,
+    pub protocol_version: Option<String>,
+    /// Whether it speaks a compatible oermesh version (`None`: not known yet).
+    /// Incompatible peers are listed but not used.
+    pub compatible: Option<bool>,
+    /// How it was found: `mdns`, `static`, `dht`, `inbound`, `dial`.
+    pub found_by: Vec<String>,
+}
+
+/// A static peer added or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticPeerEdit {
+    pub addr: String,
+    /// Whether a running daemon took the change at once (else it applies at start).
+    pub running: bool,
+}
+
+/// A collection followed (or no longer followed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowView {
+    pub id: String,
+    pub publisher: String,
+    /// Newest version known here, if any.
+    pub seq: Option<u64>,
+    /// Whether a running daemon took the change at once (else it applies at start).
+    pub running: bool,
+    /// False when nothing changed (already followed / was not followed).
+    pub changed: bool,
+}
+
+/// A followed collection as `follow list` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowRow {
+    pub id: String,
+    /// What is kept: `metadata` (head, entry list, records).
+    pub mode: String,
+    pub since: String,
+    /// Newest version known here, and its entry count.
+    pub seq: Option<u64>,
+    pub entries: Option<u64>,
+    /// Whether the publisher is still trusted (heads of untrusted ones are ignored).
+    pub trusted: bool,
+    /// Versions the publisher signed twice with one number, seen here.
+    pub equivocations: Vec<EquivocationView>,
+}
+
+/// Evidence that a publisher signed two different heads with the same version number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EquivocationView {
+    pub seq: u64,
+    #[serde(with = "cid_text")]
+    pub known: Cid,
+    #[serde(with = "cid_text")]
+    pub conflicting: Cid,
+}

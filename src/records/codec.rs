@@ -41,7 +41,7 @@ impl Kind {
     }
 
     /// Largest encoded size accepted, checked before parsing.
-    pub fn max_size(self) -> usize {
+    pub const fn max_size(self) -> usize {
         match self {
             Kind::Record => 64 * 1024,
             Kind::Head => 4 * 1024,

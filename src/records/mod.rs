@@ -13,7 +13,7 @@ pub mod record;
 pub mod trust;
 pub mod validate;
 
-pub use book::RecordBook;
+pub use book::{FollowMode, FollowState, HeadStatus, RecordBook};
 pub use collection::{CollectionId, Head, HeadDraft, Retraction};
 pub use entries::Entry;
 pub use error::{Kind, RecordError, Result};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use oermesh::block::MemoryBlocks;
+use oermesh::daemon::net::Discovery;
 use oermesh::daemon::{Daemon, DaemonOptions};
 use oermesh::node::Node;
 use oermesh::unixfs::importer::import_path;
@@ -127,7 +128,14 @@ async fn js_libp2p_identifies_and_pings_the_daemon_and_sees_its_protocols() {
 
     assert_eq!(report["peer"], daemon.peer_id().to_string());
     let protocols = strings(&report["protocols"]);
-    for protocol in ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"] {
+    for protocol in [
+        "/ipfs/id/1.0.0",
+        "/ipfs/ping/1.0.0",
+        "/oermesh/kad/1.0.0",
+        "/meshsub/1.1.0",
+        "/oermesh/heads/1",
+        "/oermesh/objects/1",
+    ] {
         assert!(
             protocols.iter().any(|p| p == protocol),
             "{protocol} not announced: {protocols:?}"
@@ -152,6 +160,10 @@ async fn js_libp2p_identifies_and_pings_the_daemon_and_sees_its_protocols() {
     let js_peer: PeerId = report["self"].as_str().unwrap().parse().unwrap();
     let agent = agent_of(&daemon, js_peer).await;
     assert!(agent.starts_with("js-libp2p/"), "{agent}");
+    let listed = daemon.client().peers().await.unwrap();
+    let js = listed.iter().find(|p| p.peer_id == js_peer).unwrap();
+    assert_eq!(js.compatible, Some(false), "listed, not used: {js:?}");
+    assert_eq!(js.found_by, vec![Discovery::Inbound]);
 
     drop(client);
     wait_until_gone(&daemon, js_peer).await;
@@ -246,6 +258,49 @@ fn kubo_adds_files_and_folders_with_the_same_cids_as_ours() {
             path.display()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubo_and_the_daemon_connect_both_ways_despite_kubos_rsa_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = loopback_daemon(&dir.path().join("node")).await;
+    let target = dial_address(&daemon);
+    let kubo_repo = dir.path().join("kubo-repo");
+    let (kubo, ready) = tokio::task::spawn_blocking(move || {
+        let (mut kubo, ready) = JsonLines::spawn("kubo", tools::kubo(&kubo_repo), TOOL_START);
+        kubo.request(&json!({"op": "connect", "addr": target}), TOOL_ANSWER)
+            .unwrap();
+        (kubo, ready)
+    })
+    .await
+    .unwrap();
+    let kubo_id: PeerId = ready["id"].as_str().unwrap().parse().unwrap();
+    assert!(
+        ready["id"].as_str().unwrap().starts_with("Qm"),
+        "kubo's identity is RSA: {ready}"
+    );
+    let agent = agent_of(&daemon, kubo_id).await;
+    assert!(agent.starts_with("kubo/"), "{agent}");
+    let listed = daemon.client().peers().await.unwrap();
+    let kubo_peer = listed.iter().find(|p| p.peer_id == kubo_id).unwrap();
+    assert_eq!(
+        kubo_peer.compatible,
+        Some(false),
+        "kubo is listed, but not an oermesh peer: {kubo_peer:?}"
+    );
+    assert_eq!(kubo_peer.found_by, vec![Discovery::Inbound]);
+
+    // And the other way: the daemon dials kubo.
+    let kubo_addr: libp2p::Multiaddr = format!("{}/p2p/{kubo_id}", strings(&ready["addrs"])[0])
+        .parse()
+        .unwrap();
+    let other = loopback_daemon(&dir.path().join("other")).await;
+    assert_eq!(other.client().dial(kubo_addr).await.unwrap(), kubo_id);
+    let agent = agent_of(&other, kubo_id).await;
+    assert!(agent.starts_with("kubo/"), "{agent}");
+    drop(kubo);
+    other.shutdown().await.unwrap();
+    daemon.shutdown().await.unwrap();
 }
 
 /// Ends a child process however the test ends, a failed assertion included.

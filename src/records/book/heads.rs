@@ -33,6 +33,22 @@ impl<B: BlockGet + HoldBlocks> RecordBook<B> {
         }
     }
 
+    /// Verifies a head (strict decoding, signature) and says where it stands against
+    /// the versions known here, storing nothing: the network checks a head this way
+    /// before it forwards it.
+    pub fn head_status(&self, bytes: &[u8]) -> Result<(Head, Cid, HeadStatus)> {
+        let head = Head::decode_and_verify(bytes)?;
+        let id = head.collection_id()?.to_string();
+        let cid = cid_v1(block_codec::DAG_CBOR, bytes);
+        let status = match self.check_head(&id, head.seq, &cid)? {
+            HeadCheck::Fresh => HeadStatus::Fresh,
+            HeadCheck::SameAsNewest => HeadStatus::Known,
+            HeadCheck::Replay { newest } => HeadStatus::Stale { newest },
+            HeadCheck::Equivocation { known } => HeadStatus::Equivocation { known },
+        };
+        Ok((head, cid, status))
+    }
+
     /// Accepts a collection head: signature first, then the seq rules. A head with the seq of a
     /// known, different head is an equivocation: both heads are kept as evidence and the new
     /// one is refused.

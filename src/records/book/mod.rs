@@ -8,9 +8,9 @@
 //! one thread at a time.
 //!
 //! By concern: `records` (records and retractions), `drafts` (this node's collections),
-//! `heads` (heads from others, equivocations, history), `listing` (collection listings and
-//! their cache), `summaries` (the listing index's own format); here, the types, the trees
-//! and what the book keeps from gc.
+//! `heads` (heads from others, equivocations, history), `follows` (collections this node
+//! follows), `listing` (collection listings and their cache), `summaries` (the listing
+//! index's own format); here, the types, the trees and what the book keeps from gc.
 
 use cid::Cid;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 mod drafts;
+mod follows;
 mod heads;
 mod listing;
 mod records;
 mod summaries;
 
+pub use follows::{FollowMode, FollowState};
 use summaries::{decode_summary, encode_summary};
 
 use super::collection::{CollectionId, Head, HeadDraft, Retraction};
@@ -49,6 +51,7 @@ const TREE_HEADS: &str = "records/heads";
 const TREE_HEAD_LOG: &str = "records/head-log";
 const TREE_EQUIVOCATIONS: &str = "records/equivocations";
 const TREE_DRAFTS: &str = "records/drafts";
+const TREE_FOLLOWS: &str = "records/follows";
 
 /// What the listing index keeps per accepted record, so listings need no record blocks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +130,19 @@ pub struct Published {
     pub head: Cid,
     pub seq: u64,
     pub entry_count: u64,
+}
+
+/// Where a verified head stands against what is known here, before anything is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadStatus {
+    /// Newer than the newest known version.
+    Fresh,
+    /// The newest known version itself.
+    Known,
+    /// At or below the newest known version (a replay, or just late).
+    Stale { newest: u64 },
+    /// A different head with the same seq is known: the publisher signed two versions.
+    Equivocation { known: Cid },
 }
 
 /// A head that was accepted.
@@ -243,6 +259,7 @@ pub struct RecordBook<B> {
     head_log: sled::Tree,
     equivocations: sled::Tree,
     drafts: sled::Tree,
+    follows: sled::Tree,
     listing_cache: sled::Tree,
     meta: sled::Tree,
 }
@@ -333,6 +350,7 @@ impl<B: BlockGet + HoldBlocks> RecordBook<B> {
             head_log: db.open_tree(TREE_HEAD_LOG)?,
             equivocations: db.open_tree(TREE_EQUIVOCATIONS)?,
             drafts: db.open_tree(TREE_DRAFTS)?,
+            follows: db.open_tree(TREE_FOLLOWS)?,
             listing_cache: db.open_tree(TREE_LISTING_CACHE)?,
             meta,
             db: db.clone(),
