@@ -105,6 +105,20 @@ pub trait BlockPut: Sync {
     fn put_hashed_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         self.put_block(cid, data)
     }
+
+    /// Like [`BlockPut::put_hashed_block`] for a raw block whose bytes the caller read
+    /// from `file` at `offset`: a store that keeps blocks in files may copy them from
+    /// `file` inside the kernel instead of writing `data` out again. The caller makes sure
+    /// `file` did not change meanwhile.
+    fn put_hashed_block_from(
+        &self,
+        cid: &Cid,
+        data: &[u8],
+        _file: &std::fs::File,
+        _offset: u64,
+    ) -> Result<(), BlockError> {
+        self.put_hashed_block(cid, data)
+    }
 }
 
 /// A block store that a garbage collector may sweep while others write to it.
@@ -149,6 +163,16 @@ impl<T: BlockPut + ?Sized> BlockPut for &T {
 
     fn put_hashed_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         (**self).put_hashed_block(cid, data)
+    }
+
+    fn put_hashed_block_from(
+        &self,
+        cid: &Cid,
+        data: &[u8],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> Result<(), BlockError> {
+        (**self).put_hashed_block_from(cid, data, file, offset)
     }
 }
 

@@ -394,17 +394,22 @@ fn run_add(
                 AddLine::Dir { path } => session.dir(&path)?,
                 AddLine::File {
                     path,
-                    size,
                     source,
                     fd_token: Some(token),
+                    ..
                 } => {
                     let file = fds::take_readable_file(registry, &token)
                         .map_err(|reason| NodeError::invalid(format!("{path}: {reason}")))?;
-                    let mut content = Cancellable {
-                        inner: file,
-                        cancelled,
-                    };
-                    session.file_from(&path, &mut content, size, &source)?;
+                    session.file_at(&path, &file, &source, &|| {
+                        if cancelled.load(Ordering::Acquire) {
+                            Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "the client went away; add cancelled",
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    })?;
                 }
                 AddLine::File {
                     path,
@@ -520,24 +525,6 @@ async fn export(State(state): State<ApiState>, body: Bytes) -> Response {
         let _ = frames.blocking_send(Ok(Bytes::from(tail)));
     });
     stream_response("application/vnd.oermesh.frames", reply)
-}
-
-/// A handed-over file that stops reading once its client has gone.
-struct Cancellable<'a, R> {
-    inner: R,
-    cancelled: &'a AtomicBool,
-}
-
-impl<R: Read> Read for Cancellable<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancelled.load(Ordering::Acquire) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the client went away; add cancelled",
-            ));
-        }
-        self.inner.read(buf)
-    }
 }
 
 /// A file's content in an add stream: frames of a 4-byte big-endian length and that many

@@ -821,6 +821,22 @@ impl AddSession<'_> {
     }
 }
 
+impl AddSession<'_> {
+    /// A regular file handed over open (see [`TreeBuilder::file_at`]); `interrupt` can
+    /// stop the add between reads.
+    pub fn file_at(
+        &mut self,
+        path: &str,
+        file: &std::fs::File,
+        source: &str,
+        interrupt: &(dyn Fn() -> std::io::Result<()> + Sync),
+    ) -> Result<()> {
+        self.builder
+            .file_at(path, file, Path::new(source), interrupt)?;
+        Ok(())
+    }
+}
+
 impl TreeSink for AddSession<'_> {
     fn dir(&mut self, path: &str) -> Result<(), ImportError> {
         self.builder.dir(path)

@@ -249,6 +249,18 @@ impl WriteBatch {
     }
 
     fn put(&self, cid: &Cid, data: &[u8], hashed_by_caller: bool) -> Result<(), BlockError> {
+        self.put_with(cid, data, hashed_by_caller, None)
+    }
+
+    /// Stages a block; a large one is written from `data`, or copied from `origin` (a file
+    /// and offset the caller read `data` from) when given.
+    fn put_with(
+        &self,
+        cid: &Cid,
+        data: &[u8],
+        hashed_by_caller: bool,
+        origin: Option<(&std::fs::File, u64)>,
+    ) -> Result<(), BlockError> {
         self.hold.keep(cid.hash());
         let Some(key) = self.hold.store.admit(cid, data, hashed_by_caller)? else {
             return Ok(());
@@ -266,7 +278,10 @@ impl WriteBatch {
             }
         } else {
             let dir = &self.hold.store.inner.dir;
-            let written = dir.write(cid.hash(), data);
+            let written = match origin {
+                Some((file, offset)) => dir.copy_from(cid.hash(), data, file, offset),
+                None => dir.write(cid.hash(), data),
+            };
             written.map_err(|err| dir.write_error(cid.hash(), err))?;
             self.wrote_files.store(true, Ordering::Release);
             self.pending
@@ -285,5 +300,15 @@ impl BlockPut for WriteBatch {
 
     fn put_hashed_block(&self, cid: &Cid, data: &[u8]) -> Result<(), BlockError> {
         self.put(cid, data, true)
+    }
+
+    fn put_hashed_block_from(
+        &self,
+        cid: &Cid,
+        data: &[u8],
+        file: &std::fs::File,
+        offset: u64,
+    ) -> Result<(), BlockError> {
+        self.put_with(cid, data, true, Some((file, offset)))
     }
 }

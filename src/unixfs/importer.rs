@@ -63,6 +63,8 @@ pub enum ImportError {
     Store(#[from] BlockError),
     #[error("entry {path:?}: {reason}")]
     BadEntryPath { path: String, reason: String },
+    #[error("{0} changed while it was being added; add it again once it is finished")]
+    ChangedWhileAdded(PathBuf),
     #[error("nothing to add: the tree has no entries")]
     EmptyTree,
 }
@@ -79,7 +81,15 @@ pub fn import_reader<R: Read + Send>(
     sink: &impl BlockPut,
     progress: &dyn Fn(u64),
 ) -> Result<Imported, ImportError> {
-    import_stream(reader, 0, profile, sink, &ImportError::Input, progress)
+    import_stream(
+        reader,
+        None,
+        0,
+        profile,
+        sink,
+        &ImportError::Input,
+        progress,
+    )
 }
 
 /// Imports a file, or with `recursive` a folder and everything in it: [`walk`] feeding a
@@ -308,8 +318,11 @@ struct Child {
     file_bytes: u64,
 }
 
+/// Imports one file's bytes from `reader`. With `origin`, `reader` reads that file from
+/// its start, and the store may copy raw leaves from it instead of writing them out.
 fn import_stream<R: Read + Send>(
     mut reader: R,
+    origin: Option<&File>,
     size_hint: u64,
     profile: &Profile,
     sink: &impl BlockPut,
@@ -335,14 +348,16 @@ fn import_stream<R: Read + Send>(
     let mut layout = BalancedLayout::new(profile, sink);
     let mut bytes_read = 0u64;
     loop {
+        let batch_start = bytes_read;
         bytes_read += current.len as u64;
         progress(bytes_read);
+        let origin = origin.map(|file| (file, batch_start));
         if current.len < batch_bytes {
             if bytes_read == 0 {
                 // An empty file is one empty leaf, as in the reference.
-                layout.push_leaf(hash_leaf(&[], profile, sink)?)?;
+                layout.push_leaf(hash_leaf(&[], None, profile, sink)?)?;
             }
-            for leaf in hash_batch(current.bytes(), profile, sink)? {
+            for leaf in hash_batch(current.bytes(), origin, profile, sink)? {
                 layout.push_leaf(leaf)?;
             }
             break;
@@ -351,7 +366,7 @@ fn import_stream<R: Read + Send>(
         // soon as its read is done.
         let (read, hashed) = rayon::join(
             || next.fill(&mut reader, batch_bytes),
-            || hash_batch(current.bytes(), profile, sink),
+            || hash_batch(current.bytes(), origin, profile, sink),
         );
         for leaf in hashed? {
             layout.push_leaf(leaf)?;
@@ -402,23 +417,39 @@ impl Batch {
     }
 }
 
+/// Hashes a batch's leaves on the pool. `origin` is the file and offset the batch was
+/// read from, when it was read from a file.
 fn hash_batch(
     batch: &[u8],
+    origin: Option<(&File, u64)>,
     profile: &Profile,
     sink: &impl BlockPut,
 ) -> Result<Vec<Child>, BlockError> {
+    let chunk_size = profile.chunk_size;
     batch
-        .par_chunks(profile.chunk_size)
-        .map(|chunk| hash_leaf(chunk, profile, sink))
+        .par_chunks(chunk_size)
+        .enumerate()
+        .map(|(index, chunk)| {
+            let origin = origin.map(|(file, start)| (file, start + (index * chunk_size) as u64));
+            hash_leaf(chunk, origin, profile, sink)
+        })
         .collect()
 }
 
-fn hash_leaf(chunk: &[u8], profile: &Profile, sink: &impl BlockPut) -> Result<Child, BlockError> {
+fn hash_leaf(
+    chunk: &[u8],
+    origin: Option<(&File, u64)>,
+    profile: &Profile,
+    sink: &impl BlockPut,
+) -> Result<Child, BlockError> {
     let file_bytes = chunk.len() as u64;
     if profile.raw_leaves {
         // Raw blocks can only be named by CIDv1, whatever the profile's version.
         let cid = cid_v1(codec::RAW, chunk);
-        sink.put_hashed_block(&cid, chunk)?;
+        match origin {
+            Some((file, offset)) => sink.put_hashed_block_from(&cid, chunk, file, offset)?,
+            None => sink.put_hashed_block(&cid, chunk)?,
+        }
         return Ok(Child {
             cid,
             tsize: file_bytes,
@@ -618,12 +649,66 @@ impl<'a, S: BlockPut> TreeBuilder<'a, S> {
         let progress = self.progress;
         let imported = import_stream(
             content,
+            None,
             size_hint,
             self.profile,
             self.sink,
             read_error,
             &|read| progress(base + read),
         )?;
+        self.attach(path, name, imported);
+        Ok(imported)
+    }
+
+    /// Imports a regular file from its start. Its raw leaves may be copied from `file`
+    /// inside the kernel instead of written from memory, so the file must not change
+    /// while it is read: its size and times are compared before and after, and a file
+    /// that changed is refused. `interrupt` is asked before every read and stops the
+    /// import with its error. `source` names the file in messages.
+    pub fn file_at(
+        &mut self,
+        path: &str,
+        file: &File,
+        source: &Path,
+        interrupt: &(dyn Fn() -> io::Result<()> + Sync),
+    ) -> Result<Imported, ImportError> {
+        let name = self.place(path)?;
+        let before = file.metadata().map_err(|err| unreadable(source, err))?;
+        let base = self.bytes_done;
+        let progress = self.progress;
+        let reader = FileFromStart {
+            file,
+            position: 0,
+            interrupt,
+        };
+        let imported = import_stream(
+            reader,
+            Some(file),
+            before.len(),
+            self.profile,
+            self.sink,
+            &|err| unreadable(source, err),
+            &|read| progress(base + read),
+        )?;
+        let after = file.metadata().map_err(|err| unreadable(source, err))?;
+        let stamp = |m: &Metadata| {
+            (
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        };
+        if stamp(&before) != stamp(&after) || imported.size != after.len() {
+            return Err(ImportError::ChangedWhileAdded(source.to_path_buf()));
+        }
+        self.attach(path, name, imported);
+        Ok(imported)
+    }
+
+    /// Records a finished file in its folder (or as the root).
+    fn attach(&mut self, path: &str, name: String, imported: Imported) {
         self.bytes_done += imported.size;
         (self.on_entry)(path, &imported);
         match self.open.last_mut() {
@@ -641,7 +726,6 @@ impl<'a, S: BlockPut> TreeBuilder<'a, S> {
             }
             None => self.root = Some(imported),
         }
-        Ok(imported)
     }
 
     /// Finishes every open folder and returns the root.
@@ -728,10 +812,28 @@ impl<S: BlockPut> TreeSink for TreeBuilder<'_, S> {
         &mut self,
         path: &str,
         file: &mut File,
-        size: u64,
+        _size: u64,
         source: &Path,
     ) -> Result<(), ImportError> {
-        TreeBuilder::file(self, path, file, size, &|err| unreadable(source, err)).map(|_| ())
+        TreeBuilder::file_at(self, path, file, source, &|| Ok(())).map(|_| ())
+    }
+}
+
+/// A file read from its start with positioned reads, which leave the descriptor's own
+/// offset alone (it may be shared with the process that handed it over).
+struct FileFromStart<'a> {
+    file: &'a File,
+    position: u64,
+    interrupt: &'a (dyn Fn() -> io::Result<()> + Sync),
+}
+
+impl Read for FileFromStart<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        (self.interrupt)()?;
+        let read = self.file.read_at(buf, self.position)?;
+        self.position += read as u64;
+        Ok(read)
     }
 }
 
@@ -832,6 +934,47 @@ mod tests {
         let node = PbNode::decode(&blocks.get_block(cid).unwrap()).unwrap();
         let data = UnixfsData::decode(node.data.as_deref().unwrap()).unwrap();
         (node, data)
+    }
+
+    #[test]
+    fn a_file_that_changes_while_it_is_added_is_refused() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lesson.txt");
+        std::fs::write(&path, b"first draft of the lesson").unwrap();
+        let file = File::open(&path).unwrap();
+        let blocks = MemoryBlocks::new();
+        let profile = tiny_profile(174);
+        let mut on_entry = |_: &str, _: &Imported| {};
+        let progress = |_| {};
+        let mut builder = TreeBuilder::new(&profile, &blocks, &mut on_entry, &progress);
+        // The file is edited in place, same size, after its bytes were read.
+        let reads = AtomicUsize::new(0);
+        let edit_after_the_first_read = || {
+            if reads.fetch_add(1, Ordering::SeqCst) == 1 {
+                let mut editor = std::fs::OpenOptions::new().write(true).open(&path)?;
+                editor.seek(SeekFrom::Start(0))?;
+                editor.write_all(b"FINAL")?;
+            }
+            Ok(())
+        };
+        let refused = builder.file_at("lesson.txt", &file, &path, &edit_after_the_first_read);
+        assert!(
+            matches!(refused, Err(ImportError::ChangedWhileAdded(ref named)) if *named == path),
+            "{refused:?}"
+        );
+        let mut builder = TreeBuilder::new(&profile, &blocks, &mut on_entry, &progress);
+        let added = builder
+            .file_at("lesson.txt", &file, &path, &|| Ok(()))
+            .unwrap();
+        let expected = import_reader(
+            &b"FINAL draft of the lesson"[..],
+            &profile,
+            &blocks,
+            &|_| {},
+        );
+        assert_eq!(added.cid, expected.unwrap().cid);
     }
 
     #[test]

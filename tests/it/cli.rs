@@ -502,4 +502,23 @@ in_both_modes!(
     corruption_on_disk_is_named_and_never_served,
     pin_rm_and_gc_free_the_space,
     bad_input_gets_one_clear_line,
+    files_from_any_file_system_are_stored_alike,
 );
+
+/// A file added from the repository's own file system is copied into the store inside
+/// the kernel; one from another (tmpfs) is written out. Both are stored alike.
+fn files_from_any_file_system_are_stored_alike(mode: Mode) {
+    let node = Node::init_in(mode);
+    let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+    let here = node.write("here.bin", &generated_bytes(5 * 1024 * 1024 + 3, 41));
+    let elsewhere = tmpfs.path().join("elsewhere.bin");
+    std::fs::write(&elsewhere, generated_bytes(3 * 1024 * 1024 + 5, 42)).unwrap();
+    for path in [&here, &elsewhere] {
+        let path = path.to_str().unwrap();
+        let expected = node.ok(&["add", "-Q", "--only-hash", path]);
+        let cid = node.ok(&["add", "-Q", path]);
+        assert_eq!(cid, expected);
+        assert!(node.run(&["cat", cid.trim()]).stdout == std::fs::read(path).unwrap());
+    }
+    assert!(node.ok(&["verify"]).contains("all good"));
+}
