@@ -69,16 +69,35 @@ impl Node {
     /// Starts `oermesh daemon` on the repository (loopback only, no mDNS) and waits until
     /// its API answers.
     pub fn start_daemon(&self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_oermesh"));
+        command.args([
+            "daemon",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ]);
+        self.spawn_daemon(command);
+    }
+
+    /// Starts `oermesh daemon` with nothing but the repository's config, inside the
+    /// network namespace `netns`, and waits until its API answers. The API's Unix
+    /// socket is a file, so the commands run here reach it from outside the namespace.
+    pub fn start_daemon_in_netns(&self, netns: &str) {
+        let mut command = Command::new(crate::tools::ip());
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_oermesh"))
+            .arg("daemon");
+        self.spawn_daemon(command);
+    }
+
+    /// Runs `command` (a daemon, its process replacing any wrapper) on the repository
+    /// and waits until its API answers.
+    fn spawn_daemon(&self, mut command: Command) {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_oermesh"))
-            .args([
-                "daemon",
-                "--http",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--no-mdns",
-            ])
+        let child = command
             .env("OERMESH_REPO", &self.repo)
             .env_remove("OERMESH_LOG")
             .stdout(log.try_clone().unwrap())

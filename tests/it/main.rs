@@ -35,6 +35,7 @@ mod gateway;
 mod gen;
 mod http;
 mod interop;
+mod lan;
 mod network;
 mod publishing;
 mod records;

