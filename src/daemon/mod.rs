@@ -253,7 +253,8 @@ impl Daemon {
                     .to_string(),
                 source,
             })?;
-        let started = match net::start(keypair, settings.net).await {
+        let metrics = Metrics::new();
+        let started = match net::start(keypair, settings.net, metrics.clone()).await {
             Ok(started) => started,
             Err(err) => {
                 let _ = std::fs::remove_file(&api_socket);
@@ -286,7 +287,6 @@ impl Daemon {
             let _ = std::fs::remove_file(&api_socket);
             return Err(DaemonError::TaskEnded("block exchange"));
         };
-        let metrics = Metrics::new();
         let web = match web::App::new(WebParts {
             peer_id,
             node: node.clone(),

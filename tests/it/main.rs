@@ -33,6 +33,7 @@ mod exchange;
 mod fixture;
 mod gateway;
 mod gen;
+mod gossip;
 mod http;
 mod interop;
 mod lan;

@@ -30,6 +30,7 @@ use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::metrics::{GossipLabels, GossipOutcome, Metrics};
 use crate::records::CollectionId;
 use behaviour::{NodeBehaviour, NodeBehaviourEvent, BAN_SCORE};
 pub use peers::{compatible, Discovery, PeerInfo, PROTOCOL_VERSION};
@@ -489,7 +490,12 @@ pub struct Started {
 }
 
 /// Builds the swarm, starts every listener and waits until each has an address.
-pub async fn start(keypair: Keypair, config: NetConfig) -> Result<Started, NetError> {
+/// Gossip verdicts are counted into `metrics`.
+pub async fn start(
+    keypair: Keypair,
+    config: NetConfig,
+    metrics: Metrics,
+) -> Result<Started, NetError> {
     let swarm = behaviour::build_swarm(keypair, &config)?;
     let streams = swarm.behaviour().streams.new_control();
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
@@ -515,6 +521,7 @@ pub async fn start(keypair: Keypair, config: NetConfig) -> Result<Started, NetEr
         pending_objects: HashMap::new(),
         request_budgets: HashMap::new(),
         banned: HashMap::new(),
+        metrics,
     };
     let listen_addrs = event_loop.listen(config.listen).await?;
     event_loop.bootstrap(config.bootstrap);
@@ -555,6 +562,7 @@ pub struct EventLoop {
     request_budgets: HashMap<PeerId, RequestBudget>,
     /// Peers cut off, and until when.
     banned: HashMap<PeerId, Instant>,
+    metrics: Metrics,
 }
 
 /// A token bucket for one peer's requests.
@@ -942,6 +950,15 @@ impl EventLoop {
         acceptance: MessageAcceptance,
     ) -> bool {
         let rejected = matches!(acceptance, MessageAcceptance::Reject);
+        let outcome = match acceptance {
+            MessageAcceptance::Accept => GossipOutcome::Accepted,
+            MessageAcceptance::Reject => GossipOutcome::Rejected,
+            MessageAcceptance::Ignore => GossipOutcome::Ignored,
+        };
+        self.metrics
+            .gossip_messages
+            .get_or_create(&GossipLabels { outcome })
+            .inc();
         let gossip = &mut self.swarm.behaviour_mut().gossip;
         let held = gossip.report_message_validation_result(message_id, &source, acceptance);
         if rejected {
