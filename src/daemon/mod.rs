@@ -316,6 +316,13 @@ impl Daemon {
             from_network,
             shutdown_signal.clone(),
         );
+        // Before the API serves anything: a command that finds the socket answering
+        // must find the network too.
+        node.set_online(Some(Online {
+            client: client.clone(),
+            follower,
+            runtime: tokio::runtime::Handle::current(),
+        }));
         let api_state = ApiState {
             node: node.clone(),
             pool,
@@ -338,11 +345,6 @@ impl Daemon {
                 shutdown_signal,
             )));
         }
-        node.set_online(Some(Online {
-            client: client.clone(),
-            follower,
-            runtime: tokio::runtime::Handle::current(),
-        }));
         Ok(Daemon {
             node,
             peer_id,
