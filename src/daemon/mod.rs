@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::fds::FdRegistry;
 use crate::api::server::{self as api_server, ApiState};
+use crate::bitswap::{self, Bitswap};
 use crate::config::{ApiSection, DaemonSection};
 use crate::exchange::{self, Exchange, ExchangeConfig};
 use crate::metrics::Metrics;
@@ -213,10 +214,12 @@ pub struct Daemon {
     metrics: Metrics,
     web: Arc<web::App>,
     exchange: Exchange,
+    bitswap: Bitswap,
     shutdown: watch::Sender<bool>,
     net_task: Option<JoinHandle<()>>,
     exchange_task: Option<JoinHandle<()>>,
     follow_task: Option<JoinHandle<()>>,
+    bitswap_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -274,14 +277,24 @@ impl Daemon {
         let exchange_config = ExchangeConfig {
             discovery: settings.discovery,
         };
-        let exchange_started = exchange::start(
+        let bitswap_started = bitswap::start(
             node.store().clone(),
             pool.clone(),
             client.clone(),
-            exchange_config,
             shutdown_signal.clone(),
         );
-        let Ok((exchange, exchange_task)) = exchange_started else {
+        let started = bitswap_started.and_then(|(bitswap, bitswap_task)| {
+            let (exchange, exchange_task) = exchange::start(
+                node.store().clone(),
+                pool.clone(),
+                client.clone(),
+                Some(bitswap.clone()),
+                exchange_config,
+                shutdown_signal.clone(),
+            )?;
+            Ok((bitswap, bitswap_task, exchange, exchange_task))
+        });
+        let Ok((bitswap, bitswap_task, exchange, exchange_task)) = started else {
             let _ = shutdown.send(true);
             let _ = net_task.await;
             let _ = std::fs::remove_file(&api_socket);
@@ -356,10 +369,12 @@ impl Daemon {
             metrics,
             web,
             exchange,
+            bitswap,
             shutdown,
             net_task: Some(net_task),
             exchange_task: Some(exchange_task),
             follow_task: Some(follow_task),
+            bitswap_task: Some(bitswap_task),
             http_task: Some(http_task),
             api_tasks,
         })
@@ -399,6 +414,11 @@ impl Daemon {
     /// The block exchange: fetches from peers, for the daemon's other parts.
     pub fn exchange(&self) -> &Exchange {
         &self.exchange
+    }
+
+    /// Bitswap: what IPFS peers are fetching from us, and what we fetch from them.
+    pub fn bitswap(&self) -> &Bitswap {
+        &self.bitswap
     }
 
     pub fn repo_root(&self) -> PathBuf {
@@ -545,9 +565,20 @@ impl Daemon {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Some(exchange_task) = self.exchange_task.take() {
-            if let Err(err) = exchange_task.await {
-                tracing::warn!(%err, "block exchange task failed");
+        // The exchange holds a bitswap handle of its own.
+        drop(self.exchange);
+        while self.bitswap.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (name, task) in [
+            ("block exchange", self.exchange_task.take()),
+            ("bitswap", self.bitswap_task.take()),
+        ] {
+            if let Some(Err(err)) = match task {
+                Some(task) => Some(task.await),
+                None => None,
+            } {
+                tracing::warn!(%err, "{name} task failed");
             }
         }
         if let Some(net_task) = self.net_task.take() {

@@ -18,6 +18,8 @@
 //! committed, the DAG checked complete and pinned if asked, and only then are the
 //! target's block and the blocks of its path written, last.
 
+mod via_bitswap;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -255,6 +257,8 @@ impl Want {
 struct PeerState {
     /// Requests of this fetch open to the peer.
     active: usize,
+    /// It speaks bitswap, not `/oermesh/blocks/1` (an IPFS node).
+    bitswap: bool,
     strikes: u32,
     usable: bool,
     sent_blocks: bool,
@@ -431,6 +435,10 @@ impl Session {
                 state.strikes = MAX_STRIKES;
                 self.shared.cut_off(peer, reason);
             }
+            // A peer without our protocol may be an IPFS node: asked over bitswap next.
+            Failure::Unsupported if !state.bitswap && self.shared.bitswap.is_some() => {
+                state.bitswap = true;
+            }
             Failure::Unsupported => {
                 state.usable = false;
                 state.strikes = MAX_STRIKES;
@@ -480,7 +488,13 @@ impl Session {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             };
-            match self.head_from(peer, request).await {
+            let reply = match (&self.shared.bitswap, self.peers.get(&peer)) {
+                (Some(bitswap), Some(state)) if state.bitswap => {
+                    self.head_from_bitswap(bitswap, peer, request).await
+                }
+                _ => self.head_from(peer, request).await,
+            };
+            match reply {
                 Ok(HeadReply::Found(head)) => {
                     self.last_progress = Instant::now();
                     if let Some(progress) = &self.progress {
@@ -756,12 +770,15 @@ impl Session {
                 cancel: Some(cancel),
             },
         );
+        let mut bitswap = false;
         if let Some(state) = self.peers.get_mut(&peer) {
             state.active += 1;
+            bitswap = state.bitswap;
         }
         let request = Requested {
             id,
             peer,
+            bitswap,
             scope,
             items: wants.iter().map(|want| want.item).collect(),
             prune: self.prune.clone(),
@@ -889,6 +906,8 @@ impl Session {
 struct Requested {
     id: u64,
     peer: PeerId,
+    /// Asked over bitswap rather than `/oermesh/blocks/1`.
+    bitswap: bool,
     scope: Scope,
     items: Vec<Item>,
     prune: Vec<Cid>,
@@ -908,7 +927,6 @@ impl Requested {
         sink: Arc<Sink>,
         cancelled: oneshot::Receiver<()>,
     ) -> Outcome {
-        let mut walk = Walk::new(self.scope, &self.items, &self.prune);
         let mut outcome = Outcome {
             id: self.id,
             peer: self.peer,
@@ -918,6 +936,16 @@ impl Requested {
             discovered: Vec::new(),
             failure: None,
         };
+        if let (true, Some(bitswap)) = (self.bitswap, &shared.bitswap) {
+            let result = self
+                .exchange_bitswap(bitswap, &shared, &sink, &mut outcome, cancelled)
+                .await;
+            if let Err(failure) = result {
+                outcome.failure.get_or_insert(failure);
+            }
+            return outcome;
+        }
+        let mut walk = Walk::new(self.scope, &self.items, &self.prune);
         let mut hashing: FuturesUnordered<Hashing> = FuturesUnordered::new();
         let result = self
             .exchange(
@@ -1216,7 +1244,7 @@ fn estimated_children(item: &Item, data: &[u8]) -> Result<Vec<(Item, u64)>, Walk
 }
 
 /// Resolves the head in the store, if the store has all of it.
-fn resolve_here(store: &Store, root: &Cid, path: &str) -> Result<Here, FetchError> {
+fn resolve_here<B: BlockGet>(store: &B, root: &Cid, path: &str) -> Result<Here, FetchError> {
     let path = path.trim_matches('/');
     let target = if path.is_empty() {
         *root
@@ -1319,22 +1347,31 @@ impl Sink {
         }
         block::verify(&cid, block.data()).map_err(|err| PutError::Corrupt(err.to_string()))?;
         if !known {
-            let batch = self.batch.read().unwrap_or_else(|p| p.into_inner());
-            let batch = batch.as_ref().ok_or(PutError::Stopped)?;
-            batch
-                .put_hashed_block(&cid, block.data())
-                .map_err(|err| PutError::Store(err.into()))?;
-            lock(&self.received).insert(cid);
-            let bytes = block.data().len() as u64;
-            self.blocks.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(bytes, Ordering::Relaxed);
-            self.uncommitted.fetch_add(bytes, Ordering::Relaxed);
+            self.put_checked(&cid, block.data())?;
         }
         Ok(if keep {
             Stored::Verified(block.into_data())
         } else {
             Stored::Skipped
         })
+    }
+
+    /// Stores a block already checked against its CID, unless it was received before.
+    fn put_checked(&self, cid: &Cid, data: &[u8]) -> Result<(), PutError> {
+        if lock(&self.received).contains(cid) {
+            return Ok(());
+        }
+        let batch = self.batch.read().unwrap_or_else(|p| p.into_inner());
+        let batch = batch.as_ref().ok_or(PutError::Stopped)?;
+        batch
+            .put_hashed_block(cid, data)
+            .map_err(|err| PutError::Store(err.into()))?;
+        lock(&self.received).insert(*cid);
+        let bytes = data.len() as u64;
+        self.blocks.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.uncommitted.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     fn due_for_commit(&self) -> bool {

@@ -25,6 +25,7 @@ use libp2p::PeerId;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::bitswap::Bitswap;
 use crate::daemon::net;
 use crate::daemon::pool::BlockingPool;
 use crate::store::Store;
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     pool: BlockingPool,
     net: net::Client,
     control: libp2p_stream::Control,
+    /// Asks peers that speak bitswap and not our protocol (IPFS nodes).
+    bitswap: Option<Bitswap>,
     config: ExchangeConfig,
     penalties: Mutex<HashMap<PeerId, Penalty>>,
     load: Mutex<serve::Load>,
@@ -85,6 +88,7 @@ pub fn start(
     store: Store,
     pool: BlockingPool,
     net: net::Client,
+    bitswap: Option<Bitswap>,
     config: ExchangeConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Exchange, JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
@@ -96,6 +100,7 @@ pub fn start(
         pool,
         net,
         control,
+        bitswap,
         config,
         penalties: Mutex::default(),
         load: Mutex::default(),

@@ -89,7 +89,7 @@ pub async fn add(daemon: &Daemon, path: &Path, recursive: bool) -> Cid {
 }
 
 /// SHA-256 of the file `cid` as the daemon's store holds it.
-async fn stored_digest(daemon: &Daemon, cid: Cid) -> Vec<u8> {
+pub async fn stored_digest(daemon: &Daemon, cid: Cid) -> Vec<u8> {
     let store = daemon.node().store().clone();
     tokio::task::spawn_blocking(move || {
         let mut hasher = HashWriter(Sha256::new());
@@ -100,7 +100,7 @@ async fn stored_digest(daemon: &Daemon, cid: Cid) -> Vec<u8> {
     .unwrap()
 }
 
-fn file_digest(path: &Path) -> Vec<u8> {
+pub fn file_digest(path: &Path) -> Vec<u8> {
     let mut hasher = HashWriter(Sha256::new());
     std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
     hasher.0.finalize().to_vec()

@@ -24,6 +24,7 @@ macro_rules! in_both_modes {
 }
 
 mod api;
+mod bitswap;
 mod browser;
 mod car;
 mod cli;

@@ -50,6 +50,28 @@ pub struct NodeBehaviour {
     pub streams: libp2p_stream::Behaviour,
 }
 
+/// Yamux streams per connection, chosen for what it does to windows. js-libp2p's yamux
+/// (Helia, js-libp2p 3) sends a data frame as large as the window it is granted, while
+/// rust-yamux closes the whole connection on a frame above 1 MiB; its stream windows
+/// grow from 256 KiB as far as the connection's 1 GiB allows. Each stream is
+/// guaranteed 256 KiB of that 1 GiB, so this many streams leave 768 KiB to share out:
+/// no window, hence no frame a peer may send, exceeds 1 MiB. The price is yamux
+/// throughput over long round trips (QUIC is not affected).
+const YAMUX_STREAMS: usize = 4093;
+const YAMUX_CONNECTION_WINDOW: usize = 1 << 30;
+const YAMUX_STREAM_CREDIT: usize = 256 * 1024;
+const YAMUX_MAX_FRAME: usize = 1 << 20;
+const _: () = assert!(
+    YAMUX_CONNECTION_WINDOW - YAMUX_STREAMS * YAMUX_STREAM_CREDIT + YAMUX_STREAM_CREDIT
+        <= YAMUX_MAX_FRAME
+);
+
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(YAMUX_STREAMS);
+    config
+}
+
 /// Builds the swarm: TCP with TLS 1.3 or Noise (both offered) and Yamux, QUIC beside
 /// it, and the behaviours configured from `config`.
 pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<NodeBehaviour>, NetError> {
@@ -62,7 +84,7 @@ pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<NodeBeh
             // Offered in this order: TLS (AES-GCM, which AES-NI makes cheap) is the faster
             // here (scripts/bench); peers without it, js-libp2p say, settle on Noise.
             (tls::Config::new, noise::Config::new),
-            yamux::Config::default,
+            yamux_config,
         )
         .map_err(|err| transport_error(&err))?
         .with_quic()
