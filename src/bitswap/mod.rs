@@ -32,10 +32,10 @@ use std::time::Duration;
 use libp2p::futures::StreamExt;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::daemon::net;
+use crate::daemon::net::{self, NetEvent};
 use crate::daemon::pool::BlockingPool;
 use crate::store::Store;
 pub use client::{Answer, Wants};
@@ -54,8 +54,9 @@ pub const SERVE_SLOTS: usize = 32;
 /// ... and per peer, so that peers that read slowly cannot take them all.
 pub const SERVE_SLOTS_PER_PEER: usize = 2;
 
-/// How often the peers whose state is kept are checked against the connected ones.
-const PEER_CHECK: Duration = Duration::from_secs(1);
+/// How often the peers whose state is kept are checked against the connected ones,
+/// besides the network's disconnect events (which a lagging listener can miss).
+const PEER_CHECK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BitswapError {
@@ -185,6 +186,7 @@ async fn run(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut events = shared.net.events();
     let mut check = tokio::time::interval(PEER_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Peers missing from one listing of the connected ones; dropped if missing from the
@@ -198,6 +200,15 @@ async fn run(
                     false
                 }
                 None => break,
+            },
+            event = events.recv() => match event {
+                Ok(NetEvent::Disconnected { peer_id }) => {
+                    shared.drop_peer(&peer_id);
+                    false
+                }
+                Ok(_) => false,
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = check.tick() => true,
             _ = shutdown.wait_for(|stop| *stop) => break,

@@ -364,20 +364,23 @@ impl Session {
         let Ok(connected) = self.shared.net.peers().await else {
             return;
         };
-        // Peers of another protocol version are never asked.
-        let connected: HashSet<PeerId> = connected
+        // Peers of another protocol version (other oermesh versions, IPFS nodes) are
+        // asked over bitswap alone, or not at all without it.
+        let bitswap = self.shared.bitswap.is_some();
+        let connected: HashMap<PeerId, bool> = connected
             .into_iter()
-            .filter(|p| p.compatible != Some(false))
-            .map(|p| p.peer_id)
+            .filter(|p| bitswap || p.compatible != Some(false))
+            .map(|p| (p.peer_id, p.compatible == Some(false)))
             .collect();
-        for peer in &connected {
-            self.peers.entry(*peer).or_insert_with(|| PeerState {
+        for (peer, foreign) in &connected {
+            let state = self.peers.entry(*peer).or_insert_with(|| PeerState {
                 usable: true,
                 ..PeerState::default()
             });
+            state.bitswap |= *foreign;
         }
         for (peer, state) in &mut self.peers {
-            let reachable = connected.contains(peer) && self.shared.penalty(peer).is_none();
+            let reachable = connected.contains_key(peer) && self.shared.penalty(peer).is_none();
             state.usable = reachable && state.strikes < MAX_STRIKES;
         }
     }

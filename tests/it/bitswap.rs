@@ -11,8 +11,13 @@ use oermesh::daemon::Daemon;
 use oermesh::exchange::FetchRequest;
 use serde_json::{json, Value};
 
+use oermesh::bitswap::ledger::MAX_WANTLIST;
+use oermesh::bitswap::wire::{self, Entry, Outgoing, OutgoingBlock, Presence, Version, WantType};
+use oermesh::bitswap::BitswapPeer;
+use oermesh::block::{cid_v1, codec};
+
 use crate::exchange::{
-    add, address, file_digest, scratch_dir, start, stored_digest, write_generated,
+    add, address, file_digest, scratch_dir, start, stored_digest, write_generated, Hostile,
 };
 use crate::tools::{self, JsonLines};
 
@@ -66,10 +71,6 @@ async fn fetch(daemon: &Daemon, cid: Cid) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helia_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_helia_holds() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let scratch = scratch_dir();
     let daemon = start(&dir.path().join("node")).await;
@@ -128,10 +129,6 @@ async fn helia_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubo_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_kubo_holds() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let scratch = scratch_dir();
     let daemon = start(&dir.path().join("node")).await;
@@ -170,4 +167,175 @@ async fn kubo_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_ku
     );
     drop(kubo);
     daemon.shutdown().await.unwrap();
+}
+
+// ---- a hostile bitswap peer ----
+
+/// Reads every bitswap message the daemon sends `hostile` into a channel.
+fn messages_to(hostile: &Hostile) -> tokio::sync::mpsc::Receiver<wire::Message> {
+    use libp2p::futures::StreamExt;
+    let mut incoming = hostile
+        .control
+        .clone()
+        .accept(wire::PROTOCOL_1_2_0)
+        .unwrap();
+    let (sender, messages) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(message)) =
+                    wire::read_message(&mut stream, wire::MAX_INCOMING_MESSAGE).await
+                {
+                    if sender.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    messages
+}
+
+fn wants(entries: Vec<Entry>) -> Vec<u8> {
+    Outgoing {
+        wantlist: entries,
+        ..Outgoing::default()
+    }
+    .encode(Version::V1_2)
+}
+
+/// Waits until `daemon`'s bitswap state for `peer` satisfies `check`.
+async fn peer_state(
+    daemon: &Daemon,
+    peer: libp2p::PeerId,
+    check: impl Fn(Option<&BitswapPeer>) -> bool,
+) -> Option<BitswapPeer> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let stat = daemon.bitswap().stat();
+        let state = stat.peers.iter().find(|p| p.peer == peer.to_string());
+        if check(state) {
+            return state.cloned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stat:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wantlist_flood_is_capped_an_unrequested_block_is_dropped_and_helia_still_fetches() {
+    use libp2p::futures::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = scratch_dir();
+    let daemon = start(&dir.path().join("node")).await;
+    let file = scratch.path().join("lesson.bin");
+    write_generated(&file, 8 * MIB + 5, 81);
+    let root = add(&daemon, &file, false).await;
+    let absent = cid_v1(codec::RAW, b"a block the daemon does not hold");
+
+    let hostile = Hostile::start();
+    let mut heard = messages_to(&hostile);
+    hostile.connect(&address(&daemon)).await;
+    let mut stream = hostile
+        .control
+        .clone()
+        .open_stream(daemon.peer_id(), wire::PROTOCOL_1_2_0)
+        .await
+        .unwrap();
+    // What an honest peer asks first, answered as the spec says.
+    let first = [
+        Entry::want(root, WantType::Have, 3),
+        Entry::want(absent, WantType::Have, 2),
+        Entry::want(root, WantType::Block, 1),
+    ];
+    wire::write_message(&mut stream, &wants(first[..2].to_vec()))
+        .await
+        .unwrap();
+    let mut presences = Vec::new();
+    while presences.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(60), heard.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        presences.extend(message.presences);
+    }
+    presences.sort_by_key(|(cid, _)| *cid == absent);
+    assert_eq!(
+        presences,
+        vec![(root, Presence::Have), (absent, Presence::DontHave)]
+    );
+    wire::write_message(&mut stream, &wants(first[2..].to_vec()))
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(60), heard.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.blocks.len(), 1);
+    assert_eq!(
+        message.blocks[0]
+            .prefix
+            .cid_of(&message.blocks[0].data)
+            .unwrap(),
+        root
+    );
+
+    // The flood: 5,000 wants of blocks nobody has, in messages of 1,000.
+    let flood: Vec<Entry> = (0..5000u32)
+        .map(|n| Entry::want(cid_v1(codec::RAW, &n.to_le_bytes()), WantType::Block, 1))
+        .collect();
+    for chunk in flood.chunks(1000) {
+        wire::write_message(&mut stream, &wants(chunk.to_vec()))
+            .await
+            .unwrap();
+    }
+    // A block nobody asked for.
+    let unrequested = Outgoing {
+        blocks: vec![OutgoingBlock {
+            cid: cid_v1(codec::RAW, b"unrequested"),
+            data: bytes::Bytes::from_static(b"unrequested"),
+        }],
+        ..Outgoing::default()
+    };
+    wire::write_message(&mut stream, &unrequested.encode(Version::V1_2))
+        .await
+        .unwrap();
+    let capped = peer_state(&daemon, hostile.id, |state| {
+        state.is_some_and(|state| state.refused_wants >= 5000 - MAX_WANTLIST as u64)
+    })
+    .await
+    .unwrap();
+    // The absent block's want stays; nothing else beyond the cap.
+    assert_eq!(capped.wantlist, MAX_WANTLIST, "{capped:?}");
+    let stat = daemon.bitswap().stat();
+    assert_eq!(stat.unrequested_blocks, 1, "{stat:?}");
+    assert!(!daemon
+        .node()
+        .store()
+        .has(&cid_v1(codec::RAW, b"unrequested"))
+        .unwrap());
+
+    // An honest peer beside it gets the whole file.
+    let (helia, _) = Tool::spawn("Helia", || tools::node_script("helia-node.mjs")).await;
+    helia
+        .request(json!({"op": "connect", "addr": address(&daemon).to_string()}))
+        .await;
+    let copy = scratch.path().join("copy.bin");
+    helia
+        .request(json!({"op": "cat", "cid": root.to_string(), "dest": copy}))
+        .await;
+    assert_eq!(file_digest(&copy), file_digest(&file));
+    drop(helia);
+
+    // Its state goes with its connection.
+    stream.close().await.unwrap();
+    drop(stream);
+    drop(hostile);
+    peer_state(&daemon, capped_peer(&capped), |state| state.is_none()).await;
+    daemon.shutdown().await.unwrap();
+}
+
+fn capped_peer(state: &BitswapPeer) -> libp2p::PeerId {
+    state.peer.parse().unwrap()
 }

@@ -395,9 +395,9 @@ fn cat_get_and_ls_on_a_daemon_fetch_from_its_peers_with_the_same_output() {
 
 /// A peer built from the protocol's own types that breaks its rules on purpose: as a
 /// server it answers with `fault`; as a client the test drives its streams directly.
-struct Hostile {
-    id: libp2p::PeerId,
-    control: libp2p_stream::Control,
+pub struct Hostile {
+    pub id: libp2p::PeerId,
+    pub control: libp2p_stream::Control,
     dials: tokio::sync::mpsc::Sender<Multiaddr>,
     connected: Arc<std::sync::Mutex<std::collections::HashSet<libp2p::PeerId>>>,
     task: tokio::task::JoinHandle<()>,
@@ -423,7 +423,7 @@ fn unrequested_block() -> (Cid, Vec<u8>) {
 }
 
 impl Hostile {
-    fn start() -> Hostile {
+    pub fn start() -> Hostile {
         use libp2p::swarm::SwarmEvent;
         use libp2p::{noise, tcp, yamux};
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
@@ -471,11 +471,11 @@ impl Hostile {
         }
     }
 
-    fn is_connected(&self, peer: &libp2p::PeerId) -> bool {
+    pub fn is_connected(&self, peer: &libp2p::PeerId) -> bool {
         self.connected.lock().unwrap().contains(peer)
     }
 
-    async fn connect(&self, addr: &Multiaddr) {
+    pub async fn connect(&self, addr: &Multiaddr) {
         let Some(Protocol::P2p(peer)) = addr.iter().last() else {
             panic!("{addr} names no peer");
         };

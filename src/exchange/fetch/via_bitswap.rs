@@ -147,7 +147,8 @@ impl Requested {
                 .pool
                 .run(move || {
                     job_sink.put_checked(&cid, &data).map_err(Opened::Put)?;
-                    plan(&store, vec![(item, Some(data))], &prune).map_err(Opened::Plan)
+                    plan(&store, vec![(item, Some(data))], &prune)
+                        .map_err(|err| Opened::Plan(Box::new(err)))
                 })
                 .await
                 .unwrap_or(Err(Opened::Put(PutError::Stopped)));
@@ -159,12 +160,14 @@ impl Requested {
                 Err(err) => {
                     outcome.remaining.push(item);
                     break Err(match err {
-                        Opened::Put(PutError::Store(err))
-                        | Opened::Plan(FetchError::Store(err)) => Failure::Store(err),
-                        Opened::Plan(FetchError::Dag(err)) => Failure::Dag(err),
-                        Opened::Plan(other) => Failure::Stream(other.to_string()),
+                        Opened::Put(PutError::Store(err)) => Failure::Store(err),
                         Opened::Put(PutError::Corrupt(reason)) => Failure::Violation(reason),
                         Opened::Put(PutError::Stopped) => Failure::Cancelled,
+                        Opened::Plan(err) => match *err {
+                            FetchError::Store(err) => Failure::Store(err),
+                            FetchError::Dag(err) => Failure::Dag(err),
+                            other => Failure::Stream(other.to_string()),
+                        },
                     });
                 }
             }
@@ -177,7 +180,7 @@ impl Requested {
 /// Why a block from a bitswap peer could not be taken.
 enum Opened {
     Put(PutError),
-    Plan(FetchError),
+    Plan(Box<FetchError>),
 }
 
 /// The store with the blocks received for a path on top.
