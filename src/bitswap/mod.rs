@@ -107,7 +107,7 @@ struct Counters {
     refused_streams: AtomicU64,
 }
 
-/// What bitswap is doing, for `oermesh bitswap stat`.
+/// What bitswap is doing: peers, and totals since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BitswapStat {
     pub peers: Vec<BitswapPeer>,

@@ -9,10 +9,13 @@
 //   {"op": "add", "path": FILE, "profile": "unixfs-v1-2025" | "unixfs-v0-2015"} -> {"cid"}
 //   {"op": "connect", "addr": MULTIADDR_WITH_P2P}  -> {"peer", "protocols", "agentVersion"}
 //   {"op": "cat", "cid": CID, "dest": PATH, "timeout_ms": N} -> {"bytes": N}
+//   {"op": "get", "cid": CID, "dest": PATH, "timeout_ms": N} -> {"files": N}  (a folder tree)
 //   {"op": "peers"}                                     -> {"peers": [PEER_ID, ...]}
 // End of input stops the node.
 import './polyfills.mjs'
 import { createReadStream, createWriteStream } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
 import { once, setMaxListeners } from 'node:events'
 import { createInterface } from 'node:readline'
 import { createHeliaLight } from 'helia'
@@ -90,6 +93,30 @@ async function run (command) {
       out.end()
       await once(out, 'finish')
       return { bytes }
+    }
+    case 'get': {
+      const signal = AbortSignal.timeout(command.timeout_ms ?? 120_000)
+      setMaxListeners(Infinity, signal)
+      let files = 0
+      const save = async (cid, dest) => {
+        const stat = await fs.stat(cid, { signal })
+        if (stat.type === 'directory') {
+          await mkdir(dest, { recursive: true })
+          for await (const entry of fs.ls(cid, { signal })) {
+            await save(entry.cid, join(dest, entry.name))
+          }
+          return
+        }
+        const out = createWriteStream(dest)
+        for await (const chunk of fs.cat(cid, { signal })) {
+          if (!out.write(chunk)) await once(out, 'drain')
+        }
+        out.end()
+        await once(out, 'finish')
+        files += 1
+      }
+      await save(CID.parse(command.cid), command.dest)
+      return { files }
     }
     case 'peers':
       return { peers: helia.libp2p.getPeers().map(String) }

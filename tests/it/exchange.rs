@@ -164,7 +164,7 @@ fn write_tree_of_5000(root: &Path) {
 }
 
 /// Every file under `dir`, by path relative to it, with its bytes.
-fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(next) = pending.pop() {
