@@ -70,6 +70,10 @@ const PEER_REFRESH: Duration = Duration::from_secs(2);
 const COMMIT_BYTES: u64 = 512 * 1024 * 1024;
 /// Default for [`FetchRequest::wait`].
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The least time between two DHT lookups for providers of one fetch's root.
+const LOOKUP_EVERY: Duration = Duration::from_secs(5);
+/// Providers a lookup connects to.
+const MAX_PROVIDERS: usize = 8;
 
 /// What to fetch.
 #[derive(Debug, Clone)]
@@ -277,6 +281,11 @@ struct Flight {
 struct Session {
     shared: Arc<Shared>,
     sink: Arc<Sink>,
+    /// The root named in the request: the key its providers are found under.
+    root: Cid,
+    /// The DHT lookup in progress (at most one), and when the last one began.
+    lookup: JoinSet<()>,
+    last_lookup: Option<Instant>,
     wait: Duration,
     prune: Vec<Cid>,
     progress: Option<Arc<FetchProgress>>,
@@ -328,6 +337,9 @@ impl Session {
         Session {
             shared,
             sink,
+            root: request.root,
+            lookup: JoinSet::new(),
+            last_lookup: None,
             wait: request.wait,
             prune: request.prune.clone(),
             progress: request.progress.clone(),
@@ -355,8 +367,34 @@ impl Session {
             .map_err(|_| FetchError::Stopped)
     }
 
+    /// Asks the DHT which nodes provide the root, when no connected peer can help.
+    /// The lookup connects to the providers it finds; when it ends, the peers are
+    /// listed again at once. One lookup at a time, at most one per `LOOKUP_EVERY`, and
+    /// none on a node that finds no peers on its own.
+    fn look_up_providers(&mut self) {
+        if !self.shared.config.discovery
+            || !self.lookup.is_empty()
+            || self
+                .last_lookup
+                .is_some_and(|at| at.elapsed() < LOOKUP_EVERY)
+        {
+            return;
+        }
+        self.last_lookup = Some(Instant::now());
+        let net = self.shared.net.clone();
+        let key = crate::daemon::net::wire::content_key(&self.root);
+        self.lookup.spawn(async move {
+            if let Err(err) = net.find_providers(key, MAX_PROVIDERS).await {
+                tracing::debug!(%err, "provider lookup failed");
+            }
+        });
+    }
+
     /// Lists the connected peers again when it is time to.
     async fn refresh_peers(&mut self) {
+        if self.lookup.try_join_next().is_some() {
+            self.refreshed = None;
+        }
         if self.refreshed.is_some_and(|at| at.elapsed() < PEER_REFRESH) {
             return;
         }
@@ -485,6 +523,7 @@ impl Session {
                 .map(|(peer, _)| *peer)
                 .find(|peer| !self.lacked_by(&wanted, peer));
             let Some(peer) = candidate else {
+                self.look_up_providers();
                 if self.waited_out() {
                     return Err(self.not_found(wanted));
                 }
@@ -677,6 +716,10 @@ impl Session {
             self.assign();
             if self.queue.is_empty() && self.flights.is_empty() {
                 return Ok(());
+            }
+            if self.flights.is_empty() {
+                // Nobody connected has the rest.
+                self.look_up_providers();
             }
             self.take_over_tail();
             if self.flights.is_empty() && self.waited_out() {

@@ -778,3 +778,60 @@ fn peer_of(addr: &Multiaddr) -> libp2p::PeerId {
         _ => panic!("{addr} names no peer"),
     }
 }
+
+/// A fetch that no connected peer can serve asks the DHT who provides the root and
+/// fetches from a provider: A holds a file, B knows A, C knows only B. A is a DHT
+/// client (behind NAT, say), so no routing table holds it and only its provider
+/// record, which carries its addresses, leads to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_no_connected_peer_can_serve_finds_a_provider_through_the_dht() {
+    use crate::network::{dial_addr, start_node, wait_until_compatible};
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = scratch_dir();
+    let source = files.path().join("lesson.bin");
+    write_generated(&source, 3 * MIB, 11);
+    let a_root = dir.path().join("a");
+    let root = {
+        let (repo, _) = Repo::open_or_init(&a_root).unwrap();
+        let node = Node::from_repo(repo).unwrap();
+        node.add(
+            &AddOptions::default(),
+            &mut |session| walk_into(&source, false, session),
+            &mut |_| {},
+        )
+        .unwrap()
+        .root
+    };
+    let config = a_root.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("dht_mode = \"server\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("dht_mode = \"server\"", "dht_mode = \"client\""),
+    )
+    .unwrap();
+    let a = start_node(&a_root, vec![]).await;
+    let b = start_node(&dir.path().join("b"), vec![dial_addr(&a)]).await;
+    let c = start_node(&dir.path().join("c"), vec![dial_addr(&b)]).await;
+    wait_until_compatible(&b, a.peer_id()).await;
+    wait_until_compatible(&c, b.peer_id()).await;
+
+    let mut request = FetchRequest::dag(root);
+    request.wait = DEADLINE;
+    let fetched = c.exchange().fetch(request).await.unwrap();
+    assert_eq!(fetched.target, root);
+    assert_eq!(stored_digest(&c, root).await, file_digest(&source));
+    assert!(
+        !b.node().store().has(&root).unwrap(),
+        "only A had it to give"
+    );
+    let peers = c.client().peers().await.unwrap();
+    assert!(
+        peers.iter().any(|peer| peer.peer_id == a.peer_id()),
+        "C connected to A, which it was never told of"
+    );
+    c.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

@@ -669,7 +669,7 @@ impl EventLoop {
                         }
                     }
                     SwarmEvent::NewListenAddr { listener_id, address } => {
-                        tracing::info!(%address, "listening");
+                        self.listening_on(address);
                         waiting.remove(&listener_id);
                     }
                     other => self.handle_event(other),
@@ -1105,7 +1105,10 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => self.listening_on(address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
+            }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             _ => {}
         }
@@ -1520,6 +1523,14 @@ impl EventLoop {
                 Err(err) => tracing::debug!(?err, "cannot provide"),
             }
         }
+    }
+
+    /// A listen address is also one the node gives out: in its provider records above
+    /// all, which are how a DHT client (in no routing table) is found at all. A school
+    /// LAN has no AutoNAT to confirm addresses, so they are taken as they are.
+    fn listening_on(&mut self, address: Multiaddr) {
+        tracing::info!(%address, "listening");
+        self.swarm.add_external_address(address);
     }
 
     fn is_static(&self, peer_id: &PeerId) -> bool {
