@@ -152,7 +152,14 @@ fn gossip(key: &Keypair) -> Result<gossipsub::Behaviour, Box<dyn std::error::Err
         ip_colocation_factor_weight: 0.0,
         ..PeerScoreParams::default()
     };
-    gossip.with_peer_score(params, PeerScoreThresholds::default())?;
+    let thresholds = PeerScoreThresholds {
+        // gossipsub's own default (-80) would start ignoring a peer's messages before
+        // they brought it to BAN_SCORE: a peer sending invalid heads one at a time would
+        // then be muted but never cut off. Here muting and cutting off coincide.
+        graylist_threshold: BAN_SCORE,
+        ..PeerScoreThresholds::default()
+    };
+    gossip.with_peer_score(params, thresholds)?;
     Ok(gossip)
 }
 
