@@ -5,7 +5,6 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use cid::Cid;
 use serde::de::DeserializeOwned;
@@ -110,6 +109,66 @@ impl ApiClient {
     }
 }
 
+impl ApiClient {
+    /// Sends an add stream and reads the daemon's replies while the stream is still
+    /// going: the daemon answers every file as it finishes, and a client that read only
+    /// after sending everything would stall a large tree once the replies filled the
+    /// socket (the blocking HTTP client sends a whole body before it reads, so this one
+    /// request uses the asynchronous one on a runtime of its own).
+    fn stream_add(
+        &self,
+        body: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        events: &mut (dyn FnMut(AddEvent) + Send),
+    ) -> Result<AddOutcome> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| unavailable(&err))?;
+        runtime.block_on(async {
+            let http = reqwest::Client::builder()
+                .unix_socket(self.socket.clone())
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|err| unavailable(&err))?;
+            let mut response = http
+                .post(ApiClient::url("/add"))
+                .body(reqwest::Body::wrap(ChannelBody(body)))
+                .send()
+                .await
+                .map_err(|err| unavailable(&err))?;
+            if !response.status().is_success() {
+                let status = response.status();
+                let body = response.bytes().await.unwrap_or_default();
+                return Err(error_body(status, &body));
+            }
+            let mut pending = Vec::new();
+            loop {
+                while let Some(end) = pending.iter().position(|&byte| byte == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Some(finished) = add_reply(&line, events) {
+                        return finished;
+                    }
+                }
+                if pending.len() > super::MAX_ADD_LINE {
+                    return Err(NodeError::refused(
+                        ErrorCode::Unavailable,
+                        "the daemon's add stream has a line longer than this version accepts",
+                    ));
+                }
+                match response.chunk().await.map_err(|err| unavailable(&err))? {
+                    Some(chunk) => pending.extend_from_slice(&chunk),
+                    None => {
+                        return Err(NodeError::refused(
+                            ErrorCode::Unavailable,
+                            "the daemon stopped answering before the add finished",
+                        ))
+                    }
+                }
+            }
+        })
+    }
+}
+
 fn unavailable(err: &(dyn std::error::Error + 'static)) -> NodeError {
     NodeError::refused(
         ErrorCode::Unavailable,
@@ -122,7 +181,12 @@ fn unavailable(err: &(dyn std::error::Error + 'static)) -> NodeError {
 
 fn error_from(response: reqwest::blocking::Response) -> NodeError {
     let status = response.status();
-    match response.json::<ErrorBody>() {
+    let body = response.bytes().unwrap_or_default();
+    error_body(status, &body)
+}
+
+fn error_body(status: reqwest::StatusCode, body: &[u8]) -> NodeError {
+    match serde_json::from_slice::<ErrorBody>(body) {
         Ok(body) => body.into(),
         Err(_) => NodeError::refused(
             ErrorCode::Unavailable,
@@ -138,7 +202,7 @@ impl Service for ApiClient {
         feed: Feed<'_>,
         events: &mut (dyn FnMut(AddEvent) + Send),
     ) -> Result<AddOutcome> {
-        let (chunks, body_chunks) = mpsc::sync_channel::<Vec<u8>>(BODY_CHUNKS);
+        let (chunks, body_chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(BODY_CHUNKS);
         let socket = self.socket.clone();
         std::thread::scope(|scope| {
             let walker = scope.spawn(move || -> Result<()> {
@@ -152,15 +216,7 @@ impl Service for ApiClient {
                 sink.out.flush().map_err(ImportError::Input)?;
                 Ok(())
             });
-            let replies = self.send(
-                "/add",
-                reqwest::blocking::Body::new(ChannelReader {
-                    chunks: body_chunks,
-                    current: Vec::new(),
-                    offset: 0,
-                }),
-            );
-            let outcome = replies.and_then(|response| read_add_replies(response, events));
+            let outcome = self.stream_add(body_chunks, events);
             let walked = walker.join().unwrap_or_else(|_| {
                 Err(NodeError::refused(
                     ErrorCode::Internal,
@@ -408,35 +464,19 @@ impl Service for ApiClient {
     }
 }
 
-fn read_add_replies(
-    response: reqwest::blocking::Response,
-    events: &mut (dyn FnMut(AddEvent) + Send),
-) -> Result<AddOutcome> {
-    let mut lines = BufReader::new(response);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut lines)
-            .take(super::MAX_ADD_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .map_err(|err| unavailable(&err))?;
-        if read == 0 {
-            return Err(NodeError::refused(
-                ErrorCode::Unavailable,
-                "the daemon stopped answering before the add finished",
-            ));
+/// One line of the daemon's add replies: passes an event on, or ends the add.
+fn add_reply(line: &[u8], events: &mut (dyn FnMut(AddEvent) + Send)) -> Option<Result<AddOutcome>> {
+    match serde_json::from_slice::<AddReply>(line) {
+        Ok(AddReply::Event(event)) => {
+            events(event);
+            None
         }
-        match serde_json::from_slice::<AddReply>(&line) {
-            Ok(AddReply::Event(event)) => events(event),
-            Ok(AddReply::Done(outcome)) => return Ok(outcome),
-            Ok(AddReply::Error(body)) => return Err(body.into()),
-            Err(err) => {
-                return Err(NodeError::refused(
-                    ErrorCode::Unavailable,
-                    format!("the daemon's add stream is not what this version expects: {err}"),
-                ))
-            }
-        }
+        Ok(AddReply::Done(outcome)) => Some(Ok(outcome)),
+        Ok(AddReply::Error(body)) => Some(Err(body.into())),
+        Err(err) => Some(Err(NodeError::refused(
+            ErrorCode::Unavailable,
+            format!("the daemon's add stream is not what this version expects: {err}"),
+        ))),
     }
 }
 
@@ -515,12 +555,12 @@ impl TreeSink for StreamSink {
 }
 
 /// The writing end of the request body.
-struct ChannelWriter(mpsc::SyncSender<Vec<u8>>);
+struct ChannelWriter(tokio::sync::mpsc::Sender<Vec<u8>>);
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.0
-            .send(data.to_vec())
+            .blocking_send(data.to_vec())
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the daemon stopped reading"))?;
         Ok(data.len())
     }
@@ -531,26 +571,19 @@ impl Write for ChannelWriter {
 }
 
 /// The reading end of the request body, handed to the HTTP client.
-struct ChannelReader {
-    chunks: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    offset: usize,
-}
+struct ChannelBody(tokio::sync::mpsc::Receiver<Vec<u8>>);
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.offset == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.offset = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let taken = buf.len().min(self.current.len() - self.offset);
-        buf[..taken].copy_from_slice(&self.current[self.offset..self.offset + taken]);
-        self.offset += taken;
-        Ok(taken)
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, Self::Error>>>
+    {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(http_body::Frame::data(chunk.into()))))
     }
 }

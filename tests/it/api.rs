@@ -402,3 +402,60 @@ fn a_reader_streaming_beside_gc_gets_every_byte() {
     stop.store(true, Ordering::Release);
     collector.join().unwrap();
 }
+
+/// The daemon answers every file of a tree as it finishes; the client reads those
+/// answers while it is still sending, so a tree whose answers outgrow every buffer on
+/// the way (12,000 files: about 1.5 MB of answers) does not stall.
+#[test]
+fn a_tree_of_twelve_thousand_files_goes_through_without_stalling() {
+    let node = Node::init_in(Mode::Daemon);
+    let tree = node.work.join("many");
+    for index in 0..12_000 {
+        let folder = tree.join(format!("part-{}", index / 1000));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join(format!("note-{index:05}.txt")),
+            index.to_string(),
+        )
+        .unwrap();
+    }
+    let mut add = Command::new(env!("CARGO_BIN_EXE_oermesh"))
+        .args(["add", "-r", tree.to_str().unwrap()])
+        .env("OERMESH_REPO", &node.repo)
+        .env_remove("OERMESH_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read its output as it comes, so that only a stall between the CLI and the daemon
+    // can stop it, and give up (failing) after a generous wait instead of hanging.
+    let mut stdout = add.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = add.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = add.kill();
+            panic!("add -r of 12,000 files through the daemon stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    add.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    let listing = reader.join().unwrap().unwrap();
+    // One line per file, one per folder, one for the root.
+    assert_eq!(listing.lines().count(), 12_000 + 12 + 1, "{stderr}");
+    let root = listing.lines().last().unwrap().split(' ').nth(1).unwrap();
+    let expected = node.ok(&["add", "-r", "-Q", "--only-hash", tree.to_str().unwrap()]);
+    assert_eq!(root, expected.trim());
+}
