@@ -462,6 +462,9 @@ impl Service for ApiClient {
     fn follow_list(&self) -> Result<Vec<FollowRow>> {
         self.call("/follow/list", &NoArg {})
     }
+    fn follow_status(&self, id: &str) -> Result<FollowStatusView> {
+        self.call("/follow/status", &IdArg { id: id.into() })
+    }
 }
 
 /// One line of the daemon's add replies: passes an event on, or ends the add.

@@ -217,6 +217,10 @@ pub fn router(state: ApiState) -> Router {
             "/follow/list",
             post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.follow_list())),
         )
+        .route(
+            "/follow/status",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: IdArg| n.follow_status(&a.id))),
+        )
         .fallback(|| async { error_response(&NodeError::not_found("no such API endpoint")) });
     Router::new()
         .nest(PREFIX, rpc)

@@ -102,7 +102,8 @@ enum Command {
         #[command(subcommand)]
         command: Option<network::PeersCommand>,
     },
-    /// Keep a collection's newest version from peers (`--metadata-only`); `follow list`
+    /// Mirror a collection from peers: every version and resource (or `--metadata-only`);
+    /// `follow list`, `follow status ID`
     Follow(network::FollowArgs),
     /// Stop following a collection
     Unfollow {

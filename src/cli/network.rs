@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use oermesh::node::{EquivocationView, Service};
+use oermesh::node::{ContentProgress, EquivocationView, Service};
+
+use super::output;
 
 #[derive(Subcommand)]
 pub enum PeersCommand {
@@ -34,13 +36,16 @@ pub struct FollowArgs {
 
 #[derive(Subcommand)]
 pub enum FollowCommand {
-    /// Followed collections, with the newest version known of each
+    /// Followed collections: version, resources and bytes here, state
     List,
+    /// Each resource of a followed collection's newest version: complete or missing
+    Status { id: String },
 }
 
 pub fn follow(service: &dyn Service, args: FollowArgs) -> Result<ExitCode> {
     let id = match (args.command, args.id) {
         (Some(FollowCommand::List), _) => return follow_list(service),
+        (Some(FollowCommand::Status { id }), _) => return follow_status(service, &id),
         (None, Some(id)) => id,
         (None, None) => anyhow::bail!("name the collection to follow, or `follow list`"),
     };
@@ -49,22 +54,32 @@ pub fn follow(service: &dyn Service, args: FollowArgs) -> Result<ExitCode> {
         Some(seq) => format!("newest version known here: {seq}"),
         None => "no version known here yet".to_string(),
     };
-    let when = if view.running {
-        "the daemon fetches new versions from peers"
+    let what = if view.content {
+        "every resource"
     } else {
-        "the daemon fetches new versions from peers when it runs"
+        "metadata only"
+    };
+    let when = match (view.running, view.content) {
+        (true, true) => "the daemon fetches new versions and their resources from peers",
+        (true, false) => "the daemon fetches new versions from peers",
+        (false, true) => {
+            "the daemon fetches new versions and their resources from peers when it runs"
+        }
+        (false, false) => "the daemon fetches new versions from peers when it runs",
     };
     let already = if view.changed { "" } else { "already " };
-    println!(
-        "{already}following {} (metadata only); {known}; {when}",
-        view.id
-    );
+    println!("{already}following {} ({what}); {known}; {when}", view.id);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn unfollow(service: &dyn Service, id: &str) -> Result<ExitCode> {
     let view = service.unfollow(id)?;
-    println!("no longer following {}", view.id);
+    let freed = if view.content {
+        " (its resources are unpinned; `oermesh gc` reclaims the space)"
+    } else {
+        ""
+    };
+    println!("no longer following {}{freed}", view.id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -90,11 +105,69 @@ fn follow_list(service: &dyn Service) -> Result<ExitCode> {
             "{}  {version}  {}  since {}{trust}",
             row.id, row.mode, row.since
         )?;
+        if let Some(content) = &row.content {
+            writeln!(out, "  {}", progress_line(content))?;
+        }
+        writeln!(out, "  {}", state_line(&row.state, row.reason.as_deref()))?;
         for evidence in &row.equivocations {
             writeln!(out, "  {}", equivocation_line(evidence))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn follow_status(service: &dyn Service, id: &str) -> Result<ExitCode> {
+    let view = service.follow_status(id)?;
+    let mut out = std::io::stdout().lock();
+    let version = match view.seq {
+        Some(seq) => format!("version {seq}"),
+        None => "no version yet".to_string(),
+    };
+    writeln!(out, "{}  {version}  {}", view.id, view.mode)?;
+    if let Some(content) = &view.content {
+        writeln!(out, "{}", progress_line(content))?;
+    }
+    writeln!(out, "{}", state_line(&view.state, view.reason.as_deref()))?;
+    for resource in &view.resources {
+        let size = match resource.bytes_total {
+            Some(total) if resource.state == "missing" => format!(
+                "{} of {}",
+                output::bytes(resource.bytes_held),
+                output::bytes(total)
+            ),
+            Some(total) => output::bytes(total),
+            None => "size not known yet".into(),
+        };
+        let name = resource.path.as_deref().unwrap_or(&resource.title);
+        writeln!(
+            out,
+            "{:<9}  {}  {name}  ({size})",
+            resource.state, resource.content
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_line(content: &ContentProgress) -> String {
+    let unknown = if content.sizes_unknown > 0 {
+        format!(" ({} sizes not known yet)", content.sizes_unknown)
+    } else {
+        String::new()
+    };
+    format!(
+        "resources {}/{} complete, {} of {} here{unknown}",
+        content.complete,
+        content.resources,
+        output::bytes(content.bytes_held),
+        output::bytes(content.bytes_total)
+    )
+}
+
+fn state_line(state: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!("state: {state}: {reason}"),
+        None => format!("state: {state}"),
+    }
 }
 
 /// The warning printed for equivocation evidence.

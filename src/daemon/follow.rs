@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::mirror::MirrorHandle;
 use super::net::wire::{self, HeadsRequest, HeadsResponse, ObjectsRequest, ObjectsResponse};
 use super::net::{Client, GossipMessage, Inbound, NetEvent};
 use super::pool::BlockingPool;
@@ -83,6 +84,7 @@ pub fn spawn(
     net: Client,
     pool: BlockingPool,
     from_network: FromNetwork,
+    mirror: MirrorHandle,
     shutdown: watch::Receiver<bool>,
 ) -> (mpsc::Sender<FollowCommand>, tokio::task::JoinHandle<()>) {
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
@@ -92,6 +94,7 @@ pub fn spawn(
         node,
         net,
         pool,
+        mirror,
         topics: HashSet::new(),
         pending: HashMap::new(),
         fetching: HashSet::new(),
@@ -106,6 +109,8 @@ struct Follower {
     node: Node,
     net: Client,
     pool: BlockingPool,
+    /// Told of every version accepted, to fetch its content.
+    mirror: MirrorHandle,
     events: broadcast::Receiver<NetEvent>,
     /// Collections whose topic this node has joined.
     topics: HashSet<CollectionId>,
@@ -205,7 +210,10 @@ impl Follower {
                     }
                 }
                 _ = rebroadcast.tick() => self.rebroadcast(),
-                _ = provide.tick() => self.update_provided(),
+                _ = provide.tick() => {
+                    self.provided_dirty |= self.mirror.take_pins_changed();
+                    self.update_provided();
+                }
                 _ = retry.tick() => self.start_fetches(),
                 () = &mut stopped => break,
             }
@@ -597,6 +605,7 @@ impl Follower {
             Ok(accepted) => {
                 tracing::info!(%collection, seq = accepted.seq, "new version accepted");
                 self.provided_dirty = true;
+                self.mirror.wake();
                 let done = self
                     .pending
                     .get(&collection)
@@ -694,6 +703,9 @@ impl Fetch {
         self.add_sources().await;
         // Entry-list blocks stored so far, kept from gc until the version names them.
         let mut holds = Vec::new();
+        // Records fetched now came with their retractions; the others are asked for
+        // theirs below.
+        let mut fetched_records: HashSet<Cid> = HashSet::new();
         loop {
             let needs = self
                 .on_pool({
@@ -714,6 +726,9 @@ impl Fetch {
                     cids.len()
                 ));
             }
+            if records {
+                fetched_records.extend(cids.iter().copied());
+            }
             let stored = if records {
                 self.on_pool(move |node| node.accept_network_records(blocks, retractions))
                     .await?
@@ -728,12 +743,43 @@ impl Fetch {
                 return Err(format!("peers sent nothing usable for {}", cids[0]));
             }
         }
+        self.fetch_retractions(fetched_records).await;
         let head = self.head.clone();
         let accepted = self
             .on_pool(move |node| node.accept_network_head(&head))
             .await;
         drop(holds);
         accepted
+    }
+
+    /// Asks the sources for retractions of the version's records that were here
+    /// before and are not retracted here: a publisher withdraws a record with a
+    /// retraction, and it travels with the next version. What cannot be had now is
+    /// asked for again with the version after.
+    async fn fetch_retractions(&self, fetched_records: HashSet<Cid>) {
+        let head = self.head.clone();
+        let Ok(unchecked) = self
+            .on_pool(move |node| node.unretracted_records(&head))
+            .await
+        else {
+            return;
+        };
+        let unchecked: Vec<Cid> = unchecked
+            .into_iter()
+            .filter(|record| !fetched_records.contains(record))
+            .collect();
+        if unchecked.is_empty() {
+            return;
+        }
+        let (_, retractions) = self.fetch_objects(&unchecked, true).await;
+        if !retractions.is_empty() {
+            let accepted = self
+                .on_pool(move |node| node.accept_network_records(Vec::new(), retractions))
+                .await;
+            if let Err(err) = accepted {
+                tracing::info!(collection = %self.collection, %err, "retractions not kept");
+            }
+        }
     }
 
     async fn on_pool<T: Send + 'static>(

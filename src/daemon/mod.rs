@@ -8,6 +8,7 @@
 //! and stops them together; [`run`] adds the start-up line and signal handling.
 
 pub mod follow;
+pub mod mirror;
 pub mod net;
 pub mod pool;
 
@@ -43,12 +44,17 @@ const NET_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Online {
     client: Client,
     follower: tokio::sync::mpsc::Sender<follow::FollowCommand>,
+    mirror: mirror::MirrorHandle,
     runtime: tokio::runtime::Handle,
 }
 
 impl Online {
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    pub fn mirror(&self) -> &mirror::MirrorHandle {
+        &self.mirror
     }
 
     /// Hands the follower a command, waiting while its queue is full. Must not be
@@ -220,6 +226,7 @@ pub struct Daemon {
     exchange_task: Option<JoinHandle<()>>,
     follow_task: Option<JoinHandle<()>>,
     bitswap_task: Option<JoinHandle<()>>,
+    mirror_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -322,11 +329,19 @@ impl Daemon {
             web.clone(),
             shutdown_signal.clone(),
         ));
+        let (mirror, mirror_task) = mirror::spawn(
+            node.clone(),
+            exchange.clone(),
+            pool.clone(),
+            client.events(),
+            shutdown_signal.clone(),
+        );
         let (follower, follow_task) = follow::spawn(
             node.clone(),
             client.clone(),
             pool.clone(),
             from_network,
+            mirror.clone(),
             shutdown_signal.clone(),
         );
         // Before the API serves anything: a command that finds the socket answering
@@ -334,6 +349,7 @@ impl Daemon {
         node.set_online(Some(Online {
             client: client.clone(),
             follower,
+            mirror,
             runtime: tokio::runtime::Handle::current(),
         }));
         let api_state = ApiState {
@@ -375,6 +391,7 @@ impl Daemon {
             exchange_task: Some(exchange_task),
             follow_task: Some(follow_task),
             bitswap_task: Some(bitswap_task),
+            mirror_task: Some(mirror_task),
             http_task: Some(http_task),
             api_tasks,
         })
@@ -548,6 +565,11 @@ impl Daemon {
         if let Some(follow_task) = self.follow_task.take() {
             if let Err(err) = follow_task.await {
                 tracing::warn!(%err, "follower task failed");
+            }
+        }
+        if let Some(mirror_task) = self.mirror_task.take() {
+            if let Err(err) = mirror_task.await {
+                tracing::warn!(%err, "mirror task failed");
             }
         }
         // Responses still being produced on blocking threads hold the web state, and

@@ -6,7 +6,9 @@
 use cid::Cid;
 use libp2p::kad::RecordKey;
 
-use super::views::{EquivocationView, FollowRow, FollowView};
+use super::views::{
+    ContentProgress, EquivocationView, FollowRow, FollowStatusView, FollowView, ResourceView,
+};
 use super::{parse_collection_id, Node, NodeError, Result};
 use crate::block::{self, BlockGet, BlockPut};
 use crate::daemon::net::wire::{self, Object, ObjectsResponse};
@@ -45,17 +47,38 @@ pub enum MetadataNeeds {
     Complete,
 }
 
+/// The pin reason under which a followed collection's resources are kept.
+pub fn pin_reason(id: &CollectionId) -> String {
+    format!("{PIN_PREFIX}{id}")
+}
+
+const PIN_PREFIX: &str = "collection:";
+
+/// What a collection followed with its content still lacks here: the content roots
+/// of the newest version's resources that are not pinned for it yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentPlan {
+    pub id: CollectionId,
+    pub seq: u64,
+    pub missing: Vec<Cid>,
+}
+
+/// One entry of a collection's newest version, with what its record says.
+struct Resource {
+    record: Cid,
+    content: Cid,
+    title: String,
+    path: Option<String>,
+    retracted: bool,
+}
+
 impl Node {
     /// Follows a collection: from now on the daemon keeps its newest version, entry
-    /// list and records, fetched from peers. Only trusted publishers are followed.
+    /// list and records, fetched from peers, and (unless `metadata_only`) every block
+    /// of every resource. Only trusted publishers are followed. Following again with
+    /// the other mode changes the mode.
     pub fn follow(&self, id: &str, metadata_only: bool) -> Result<FollowView> {
         let id = parse_collection_id(id)?;
-        if !metadata_only {
-            return Err(NodeError::invalid(
-                "following a collection's content is not available yet: use --metadata-only \
-                 to keep its versions, entry list and records",
-            ));
-        }
         let book = self.records();
         let publisher = id.publisher_did();
         if !book.is_trusted(&publisher) {
@@ -64,46 +87,69 @@ impl Node {
                  `oermesh trust add {id}`"
             )));
         }
-        let state = FollowState {
-            mode: FollowMode::Metadata,
-            since: crate::records::validate::now_utc(),
+        let mode = if metadata_only {
+            FollowMode::Metadata
+        } else {
+            FollowMode::Content
         };
         let changed = match book.follow_state(&id)? {
-            Some(_) => false,
-            None => book.follow(&id, &state)?,
+            Some(state) if state.mode == mode => false,
+            Some(state) => {
+                book.follow(&id, &FollowState { mode, ..state })?;
+                true
+            }
+            None => {
+                let state = FollowState {
+                    mode,
+                    since: crate::records::validate::now_utc(),
+                };
+                book.follow(&id, &state)?;
+                true
+            }
         };
+        if metadata_only {
+            // What was kept for the content mode goes back to gc's judgement.
+            self.settle_content()?;
+        }
         self.store().flush()?;
         let running = self.tell_follower(crate::daemon::follow::FollowCommand::Follow(id.clone()));
+        self.wake_mirror();
         Ok(FollowView {
             publisher,
             seq: book.newest_head(&id)?.map(|(seq, _)| seq),
             id: id.to_string(),
+            content: !metadata_only,
             running,
             changed,
         })
     }
 
-    /// Stops following a collection. What was fetched stays until `gc` finds nothing
-    /// else holds it.
+    /// Stops following a collection. What was fetched is unpinned, and stays until `gc`
+    /// finds nothing else holds it.
     pub fn unfollow(&self, id: &str) -> Result<FollowView> {
         let id = parse_collection_id(id)?;
         let book = self.records();
-        if !book.unfollow(&id)? {
+        let Some(state) = book.follow_state(&id)? else {
             return Err(NodeError::not_found(format!("{id} is not followed")));
-        }
+        };
+        book.unfollow(&id)?;
+        self.settle_content()?;
         self.store().flush()?;
         let running =
             self.tell_follower(crate::daemon::follow::FollowCommand::Unfollow(id.clone()));
+        self.wake_mirror();
         Ok(FollowView {
             publisher: id.publisher_did(),
             seq: book.newest_head(&id)?.map(|(seq, _)| seq),
             id: id.to_string(),
+            content: state.mode == FollowMode::Content,
             running,
             changed: true,
         })
     }
 
-    /// The followed collections, with what is known of each.
+    /// The followed collections, with what is known of each and, for those followed
+    /// with their content, how much of it is here.
     pub fn follow_list(&self) -> Result<Vec<FollowRow>> {
         let book = self.records();
         let mut rows = Vec::new();
@@ -116,19 +162,256 @@ impl Node {
                 ),
                 None => None,
             };
+            let (content, sync) = match state.mode {
+                FollowMode::Metadata => (None, SyncView::metadata()),
+                FollowMode::Content => {
+                    let resources = self.resource_views(&id)?;
+                    let progress = resources.as_deref().map(content_progress);
+                    let sync = self.sync_view(&id, progress.as_ref());
+                    (progress, sync)
+                }
+            };
             rows.push(FollowRow {
-                mode: match state.mode {
-                    FollowMode::Metadata => "metadata".into(),
-                },
+                mode: mode_name(state.mode).into(),
                 since: state.since,
                 seq: newest.map(|(seq, _)| seq),
                 entries,
                 trusted: book.is_trusted(&id.publisher_did()),
                 equivocations: equivocation_views(&book, &id)?,
+                state: sync.state,
+                reason: sync.reason,
+                content,
                 id: id.to_string(),
             });
         }
         Ok(rows)
+    }
+
+    /// Per resource of a followed collection's newest version: complete or missing.
+    pub fn follow_status(&self, id: &str) -> Result<FollowStatusView> {
+        let id = parse_collection_id(id)?;
+        let book = self.records();
+        let Some(state) = book.follow_state(&id)? else {
+            return Err(NodeError::not_found(format!(
+                "{id} is not followed (`oermesh follow {id}` follows it)"
+            )));
+        };
+        let resources = self.resource_views(&id)?;
+        let (progress, sync) = match state.mode {
+            FollowMode::Metadata => (None, SyncView::metadata()),
+            FollowMode::Content => {
+                let progress = resources.as_deref().map(content_progress);
+                let sync = self.sync_view(&id, progress.as_ref());
+                (progress, sync)
+            }
+        };
+        Ok(FollowStatusView {
+            id: id.to_string(),
+            mode: mode_name(state.mode).into(),
+            seq: book.newest_head(&id)?.map(|(seq, _)| seq),
+            state: sync.state,
+            reason: sync.reason,
+            content: progress,
+            resources: resources.unwrap_or_default(),
+        })
+    }
+
+    /// The resources of `id`'s newest version, each with what is here of it; `None`
+    /// before any version is known.
+    fn resource_views(&self, id: &CollectionId) -> Result<Option<Vec<ResourceView>>> {
+        let Some((_, resources)) = self.resources(id)? else {
+            return Ok(None);
+        };
+        let reason = pin_reason(id);
+        let mut views = Vec::with_capacity(resources.len());
+        for resource in resources {
+            let complete = !resource.retracted
+                && self
+                    .store()
+                    .pin_reasons(&resource.content)?
+                    .contains(&reason);
+            let bytes_total = self.dag_size(&resource.content)?;
+            let bytes_held = if complete {
+                bytes_total.unwrap_or(0)
+            } else {
+                self.bytes_held(&resource.content)?
+            };
+            views.push(ResourceView {
+                record: resource.record,
+                content: resource.content,
+                title: resource.title,
+                path: resource.path,
+                state: if resource.retracted {
+                    "retracted".into()
+                } else if complete {
+                    "complete".into()
+                } else {
+                    "missing".into()
+                },
+                bytes_held,
+                bytes_total,
+            });
+        }
+        Ok(Some(views))
+    }
+
+    /// What `follow list` says of a collection followed with its content.
+    fn sync_view(&self, id: &CollectionId, progress: Option<&ContentProgress>) -> SyncView {
+        let Some(progress) = progress else {
+            return SyncView::new("waiting for a first version", None);
+        };
+        if progress.complete == progress.resources {
+            return SyncView::new("complete", None);
+        }
+        let Some(online) = self.online() else {
+            return SyncView::new(
+                "paused",
+                Some("the daemon is not running: `oermesh daemon` fetches the rest".into()),
+            );
+        };
+        match online.mirror().state(id) {
+            Some(crate::daemon::mirror::SyncState::Stalled(reason)) => {
+                SyncView::new("stalled", Some(reason))
+            }
+            _ => SyncView::new("syncing", None),
+        }
+    }
+
+    /// The newest version of `id` and its entries with their records' summaries.
+    fn resources(&self, id: &CollectionId) -> Result<Option<(u64, Vec<Resource>)>> {
+        let book = self.records();
+        let Some((seq, head)) = book.newest_head(id)? else {
+            return Ok(None);
+        };
+        let head = crate::records::Head::decode_and_verify(&self.store().get_block(&head)?)?;
+        let mut resources = Vec::new();
+        for entry in entries::read_all(self.store(), &head.entries)? {
+            // A record not here yet: the version is not accepted before all are, so
+            // only a damaged index gets here; the entry is left out, not guessed.
+            let Some(summary) = book.summary(&entry.record)? else {
+                continue;
+            };
+            resources.push(Resource {
+                record: entry.record,
+                content: summary.content,
+                title: entry.title.unwrap_or(summary.title),
+                path: entry.path,
+                retracted: summary.retracted,
+            });
+        }
+        Ok(Some((seq, resources)))
+    }
+
+    /// The blocks' bytes of the DAG under `root`, as its root block states them
+    /// (dag-pb links carry their subtree's size); `None` while the root is not here.
+    fn dag_size(&self, root: &Cid) -> Result<Option<u64>> {
+        let store = self.store();
+        let Some(size) = store.block_size(root)? else {
+            return Ok(None);
+        };
+        if root.codec() != block::codec::DAG_PB {
+            return Ok(Some(size));
+        }
+        let Ok(node) = crate::dag_pb::PbNode::decode(&store.get_block(root)?) else {
+            return Ok(Some(size));
+        };
+        Ok(Some(
+            size + node
+                .links
+                .iter()
+                .map(|link| link.tsize.unwrap_or(0))
+                .sum::<u64>(),
+        ))
+    }
+
+    /// The bytes of the blocks under `root` that are here.
+    fn bytes_held(&self, root: &Cid) -> Result<u64> {
+        let store = self.store();
+        let mut held = 0;
+        crate::links::walk(&[*root], &[], |cid| -> Result<Vec<Cid>> {
+            match crate::links::children_if_present(store, cid) {
+                Ok(Some(children)) => {
+                    held += store.block_size(cid)?.unwrap_or(0);
+                    Ok(children)
+                }
+                // A block that cannot be read counts as not held; `verify` names it.
+                Ok(None) | Err(_) => Ok(Vec::new()),
+            }
+        })?;
+        Ok(held)
+    }
+
+    /// For each collection followed with its content and with a version known, the
+    /// resources not complete here yet. Pins that no longer belong (see
+    /// [`Node::settle_content`]) are let go first.
+    pub fn content_plans(&self) -> Result<Vec<ContentPlan>> {
+        self.settle_content()?;
+        let book = self.records();
+        let mut plans = Vec::new();
+        for (id, state) in book.follows()? {
+            if state.mode != FollowMode::Content || !book.is_trusted(&id.publisher_did()) {
+                continue;
+            }
+            let Some((seq, resources)) = self.resources(&id)? else {
+                continue;
+            };
+            let reason = pin_reason(&id);
+            let mut missing = Vec::new();
+            for resource in resources.iter().filter(|r| !r.retracted) {
+                if !missing.contains(&resource.content)
+                    && !self
+                        .store()
+                        .pin_reasons(&resource.content)?
+                        .contains(&reason)
+                {
+                    missing.push(resource.content);
+                }
+            }
+            plans.push(ContentPlan { id, seq, missing });
+        }
+        Ok(plans)
+    }
+
+    /// Lets go of every collection pin that no longer belongs: of a collection no
+    /// longer followed with its content, or of a resource its newest version no longer
+    /// lists, or lists retracted.
+    pub fn settle_content(&self) -> Result<()> {
+        let book = self.records();
+        let mut wanted: std::collections::HashMap<String, std::collections::HashSet<Cid>> =
+            std::collections::HashMap::new();
+        for (id, state) in book.follows()? {
+            if state.mode != FollowMode::Content {
+                continue;
+            }
+            let contents = match self.resources(&id)? {
+                Some((_, resources)) => resources
+                    .into_iter()
+                    .filter(|r| !r.retracted)
+                    .map(|r| r.content)
+                    .collect(),
+                None => Default::default(),
+            };
+            wanted.insert(pin_reason(&id), contents);
+        }
+        for (cid, reasons) in self.store().pins()? {
+            for reason in reasons.iter().filter(|r| r.starts_with(PIN_PREFIX)) {
+                let kept = wanted
+                    .get(reason)
+                    .is_some_and(|contents| contents.contains(&cid));
+                if !kept {
+                    tracing::info!(%cid, %reason, "resource no longer in the followed collection; unpinned");
+                    self.store().unpin(&cid, Some(reason))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks a running daemon's mirror to look at the followed collections soon.
+    pub(crate) fn wake_mirror(&self) {
+        if let Some(online) = self.online() {
+            online.mirror().wake();
+        }
     }
 
     /// Tells a running daemon's follower; returns whether one runs.
@@ -244,6 +527,22 @@ impl Node {
         } else {
             MetadataNeeds::Records(records)
         })
+    }
+
+    /// The records of the version `head_bytes` that are here and not retracted.
+    pub fn unretracted_records(&self, head_bytes: &[u8]) -> Result<Vec<Cid>> {
+        let head = crate::records::Head::decode_and_verify(head_bytes)?;
+        let book = self.records();
+        let mut records = Vec::new();
+        for entry in entries::read_all(self.store(), &head.entries)? {
+            if book
+                .summary(&entry.record)?
+                .is_some_and(|summary| !summary.retracted)
+            {
+                records.push(entry.record);
+            }
+        }
+        Ok(records)
     }
 
     /// Stores entry-list blocks from a peer (each already checked against the CID it
@@ -377,6 +676,49 @@ impl Node {
         }
         Ok(keys)
     }
+}
+
+fn mode_name(mode: FollowMode) -> &'static str {
+    match mode {
+        FollowMode::Metadata => "metadata",
+        FollowMode::Content => "content",
+    }
+}
+
+/// A collection's state and, when it is stalled or paused, why.
+struct SyncView {
+    state: String,
+    reason: Option<String>,
+}
+
+impl SyncView {
+    fn new(state: &str, reason: Option<String>) -> SyncView {
+        SyncView {
+            state: state.into(),
+            reason,
+        }
+    }
+
+    fn metadata() -> SyncView {
+        SyncView::new("metadata only", None)
+    }
+}
+
+/// Totals over the resources of a version (retracted ones left out).
+fn content_progress(resources: &[ResourceView]) -> ContentProgress {
+    let mut progress = ContentProgress::default();
+    for resource in resources.iter().filter(|r| r.state != "retracted") {
+        progress.resources += 1;
+        if resource.state == "complete" {
+            progress.complete += 1;
+        }
+        progress.bytes_held += resource.bytes_held;
+        match resource.bytes_total {
+            Some(total) => progress.bytes_total += total,
+            None => progress.sizes_unknown += 1,
+        }
+    }
+    progress
 }
 
 /// The equivocation evidence kept for a collection.

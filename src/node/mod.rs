@@ -302,7 +302,7 @@ impl Node {
     /// Re-hashes every block and checks that every pinned or record-layer DAG is complete.
     pub fn verify(&self) -> Result<VerifyView> {
         let book = self.records();
-        let report = self.store().verify_with(|| record_roots(&book))?;
+        let report = self.store().verify_with(|| verify_roots(&book))?;
         Ok(VerifyView {
             blocks_checked: report.blocks_checked,
             bytes_checked: report.bytes_checked,
@@ -788,6 +788,50 @@ fn record_roots(book: &RecordBook<Store>) -> Result<crate::store::GcRoots> {
         keep: roots.keep,
         let_go: roots.retracted,
     })
+}
+
+/// What `verify` walks: the record layer's roots, except what a node may lack by
+/// design. A record describes content this node need not keep (a collection followed
+/// for its metadata, a mirror halfway through a version: the block exchange writes a
+/// DAG's root last), so content is required whole once its root is here. A follower
+/// that joined at version N has no version before N, so a head's chain of previous
+/// versions is required only as far back as it is here. What is here is re-hashed
+/// all the same.
+fn verify_roots(book: &RecordBook<Store>) -> Result<crate::store::GcRoots> {
+    let mut roots = record_roots(book)?;
+    let store = book.blocks();
+    for item in book.summaries() {
+        let (_, summary) = item?;
+        if !store.has(&summary.content)? {
+            roots.let_go.push(summary.content);
+        }
+    }
+    let candidates: Vec<Cid> = roots
+        .keep
+        .iter()
+        .filter(|cid| cid.codec() == crate::block::codec::DAG_CBOR)
+        .copied()
+        .collect();
+    for mut current in candidates {
+        // A root that is missing is named by the walk; only earlier versions may lack.
+        while let Ok(bytes) = store.get_block(&current) {
+            if crate::records::codec::kind_of(&bytes) != Some(crate::records::Kind::Head) {
+                break;
+            }
+            let previous = crate::records::Head::decode_and_verify(&bytes)
+                .ok()
+                .and_then(|head| head.previous);
+            let Some(previous) = previous else {
+                break;
+            };
+            if !store.has(&previous)? {
+                roots.let_go.push(previous);
+                break;
+            }
+            current = previous;
+        }
+    }
+    Ok(roots)
 }
 
 /// Where an `add` puts what it is handed: a [`TreeSink`] for trees walked on this machine,

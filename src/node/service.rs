@@ -69,6 +69,7 @@ pub trait Service: Sync {
     fn follow(&self, id: &str, metadata_only: bool) -> Result<FollowView>;
     fn unfollow(&self, id: &str) -> Result<FollowView>;
     fn follow_list(&self) -> Result<Vec<FollowRow>>;
+    fn follow_status(&self, id: &str) -> Result<FollowStatusView>;
 }
 
 impl Service for Node {
@@ -191,6 +192,9 @@ impl Service for Node {
     }
     fn follow_list(&self) -> Result<Vec<FollowRow>> {
         Node::follow_list(self)
+    }
+    fn follow_status(&self, id: &str) -> Result<FollowStatusView> {
+        Node::follow_status(self, id)
     }
 }
 

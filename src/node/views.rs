@@ -373,6 +373,8 @@ pub struct FollowView {
     pub publisher: String,
     /// Newest version known here, if any.
     pub seq: Option<u64>,
+    /// Whether the resources' blocks are kept too (not only the metadata).
+    pub content: bool,
     /// Whether a running daemon took the change at once (else it applies at start).
     pub running: bool,
     /// False when nothing changed (already followed / was not followed).
@@ -393,6 +395,56 @@ pub struct FollowRow {
     pub trusted: bool,
     /// Versions the publisher signed twice with one number, seen here.
     pub equivocations: Vec<EquivocationView>,
+    /// `metadata only`, `waiting for a first version`, `syncing`, `complete`, `stalled`
+    /// or `paused` (no daemon runs).
+    pub state: String,
+    /// Why it is stalled or paused.
+    pub reason: Option<String>,
+    /// How much of the newest version's content is here (content mode, once a version
+    /// is known).
+    pub content: Option<ContentProgress>,
+}
+
+/// How much of a version's content is here; retracted resources are not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentProgress {
+    pub resources: u64,
+    /// Resources whose whole DAG is here and pinned for the collection.
+    pub complete: u64,
+    pub bytes_held: u64,
+    /// Over the resources whose size is known (their root block is here).
+    pub bytes_total: u64,
+    /// Resources whose root block has not arrived, so whose size is not known yet.
+    pub sizes_unknown: u64,
+}
+
+/// `follow status`: a followed collection's newest version, resource by resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowStatusView {
+    pub id: String,
+    pub mode: String,
+    pub seq: Option<u64>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub content: Option<ContentProgress>,
+    pub resources: Vec<ResourceView>,
+}
+
+/// One resource of a followed collection's newest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceView {
+    #[serde(with = "cid_text")]
+    pub record: Cid,
+    #[serde(with = "cid_text")]
+    pub content: Cid,
+    pub title: String,
+    pub path: Option<String>,
+    /// `complete` (every block here, pinned for the collection), `missing`, or
+    /// `retracted` (withdrawn by its publisher: not kept).
+    pub state: String,
+    pub bytes_held: u64,
+    /// `None` while the resource's root block is not here.
+    pub bytes_total: Option<u64>,
 }
 
 /// Evidence that a publisher signed two different heads with the same version number.

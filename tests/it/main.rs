@@ -42,6 +42,7 @@ mod network;
 mod publishing;
 mod records;
 mod reliability;
+mod replication;
 mod store;
 mod tools;
 mod transport;

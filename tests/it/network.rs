@@ -417,9 +417,6 @@ fn network_commands_work_with_and_without_a_daemon(mode: Mode) {
         "{refused}"
     );
     node.ok(&["trust", "add", &collection]);
-    assert!(node
-        .fails(&["follow", &collection])
-        .contains("--metadata-only"));
     let followed = node.ok(&["follow", &collection, "--metadata-only"]);
     assert!(followed.contains("following"), "{followed}");
     assert!(followed.contains("no version known here yet"), "{followed}");
@@ -429,9 +426,30 @@ fn network_commands_work_with_and_without_a_daemon(mode: Mode) {
     let list = node.ok(&["follow", "list"]);
     assert!(list.starts_with(&collection), "{list}");
     assert!(
-        list.contains("no version yet") && list.contains("metadata"),
+        list.contains("no version yet")
+            && list.contains("metadata")
+            && list.contains("state: metadata only"),
         "{list}"
     );
+    // Following again without --metadata-only keeps the content too.
+    let followed = node.ok(&["follow", &collection]);
+    assert!(followed.contains("(every resource)"), "{followed}");
+    assert!(node
+        .ok(&["follow", &collection])
+        .contains("already following"));
+    let list = node.ok(&["follow", "list"]);
+    assert!(
+        list.contains("content") && list.contains("state: waiting for a first version"),
+        "{list}"
+    );
+    let status = node.ok(&["follow", "status", &collection]);
+    assert!(
+        status.starts_with(&format!("{collection}  no version yet  content")),
+        "{status}"
+    );
+    assert!(node
+        .fails(&["follow", "status", &format!("{collection}-other")])
+        .contains("is not followed"));
     node.ok(&["unfollow", &collection]);
     assert!(node
         .fails(&["unfollow", &collection])

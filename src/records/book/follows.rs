@@ -9,6 +9,8 @@ use super::*;
 pub enum FollowMode {
     /// The newest head, its entry list and its records; not the works themselves.
     Metadata,
+    /// All of that, and every block of every resource the newest version lists.
+    Content,
 }
 
 /// A collection this node follows.
@@ -22,12 +24,13 @@ pub struct FollowState {
 }
 
 impl<B: BlockGet + HoldBlocks> RecordBook<B> {
-    /// Records that this node follows a collection. Returns false when it already did.
-    pub fn follow(&self, id: &CollectionId, state: &FollowState) -> Result<bool> {
-        Ok(self
-            .follows
+    /// Records that this node follows a collection (or how: a new mode replaces the
+    /// old one). Returns the state it had before.
+    pub fn follow(&self, id: &CollectionId, state: &FollowState) -> Result<Option<FollowState>> {
+        self.follows
             .insert(id.to_string().as_bytes(), to_cbor(state)?)?
-            .is_none())
+            .map(|old| from_cbor(&old))
+            .transpose()
     }
 
     /// Stops following a collection. Returns false when it was not followed.

@@ -1,0 +1,253 @@
+//! The mirror: the daemon's side of following a collection's content. One task that,
+//! for each collection followed with its content, fetches every block of every
+//! resource the newest version lists (retracted ones left out) through the block
+//! exchange, from every peer that has them at once, and pins each resource for the
+//! collection once its whole DAG is here and durable; what a newer version no longer
+//! lists, or a retraction withdrew, is unpinned.
+//!
+//! Nothing is kept in memory that the store does not also say: a resource is complete
+//! exactly when its pin for the collection exists, so a restart (a kill included)
+//! resumes from the store, and the exchange's fetch walks what the store already holds
+//! and asks only for the rest. The task holds only each collection's sync state (a
+//! stall's reason) for `follow list`.
+//!
+//! A pass looks at every followed collection; it runs when the task is woken (a
+//! version accepted, a follow or unfollow, a peer connected) and, while something is
+//! missing, again after a wait that grows while nothing changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cid::Cid;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+
+use super::net::NetEvent;
+use super::pool::BlockingPool;
+use crate::exchange::{Exchange, FetchRequest};
+use crate::node::follow::ContentPlan;
+use crate::node::{one_line, Node};
+use crate::records::CollectionId;
+
+/// Resources of one collection fetched at once (each from every peer at once).
+const RESOURCES_AT_ONCE: usize = 4;
+/// The first wait before a pass that left something missing runs again, and the
+/// longest.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a resource's fetch waits without progress before it gives up for this
+/// pass.
+const FETCH_WAIT: Duration = Duration::from_secs(20);
+
+/// Where a followed collection's content stands, as the mirror last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncState {
+    Syncing,
+    Complete,
+    /// The last pass left resources missing, for this reason.
+    Stalled(String),
+}
+
+/// The mirror as the service layer reaches it: wake it, read its states.
+#[derive(Clone, Default)]
+pub struct MirrorHandle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    wake: Notify,
+    states: Mutex<HashMap<CollectionId, SyncState>>,
+    /// Set when resources were pinned or let go, so that the DHT's provided keys are
+    /// brought up to date.
+    pins_changed: AtomicBool,
+}
+
+impl MirrorHandle {
+    /// Asks for a pass soon (a version accepted, a follow changed).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether pins changed since the last call.
+    pub fn take_pins_changed(&self) -> bool {
+        self.shared.pins_changed.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn state(&self, id: &CollectionId) -> Option<SyncState> {
+        self.states().get(id).cloned()
+    }
+
+    fn set(&self, id: &CollectionId, state: SyncState) {
+        self.states().insert(id.clone(), state);
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionId, SyncState>> {
+        self.shared
+            .states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Starts the mirror on its own task.
+pub fn spawn(
+    node: Node,
+    exchange: Exchange,
+    pool: BlockingPool,
+    events: broadcast::Receiver<NetEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> (MirrorHandle, tokio::task::JoinHandle<()>) {
+    let handle = MirrorHandle::default();
+    let mirror = Mirror {
+        node,
+        exchange,
+        pool,
+        handle: handle.clone(),
+    };
+    let task = tokio::spawn(mirror.run(events, shutdown));
+    (handle, task)
+}
+
+struct Mirror {
+    node: Node,
+    exchange: Exchange,
+    pool: BlockingPool,
+    handle: MirrorHandle,
+}
+
+impl Mirror {
+    async fn run(
+        self,
+        mut events: broadcast::Receiver<NetEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let stopped = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stopped);
+        let mut retry = RETRY_FIRST;
+        loop {
+            let incomplete = tokio::select! {
+                incomplete = self.pass() => incomplete,
+                () = &mut stopped => break,
+            };
+            let wait = if incomplete {
+                let wait = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                wait
+            } else {
+                retry = RETRY_FIRST;
+                RETRY_MAX
+            };
+            let until = Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = self.handle.shared.wake.notified() => {
+                        retry = RETRY_FIRST;
+                        break;
+                    }
+                    event = events.recv() => match event {
+                        // A new peer may have what was missing.
+                        Ok(NetEvent::Identified { compatible: true, .. })
+                        | Err(broadcast::error::RecvError::Lagged(_)) if incomplete => {
+                            retry = RETRY_FIRST;
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                        _ => {}
+                    },
+                    () = tokio::time::sleep_until(until) => break,
+                    () = &mut stopped => return,
+                }
+            }
+        }
+    }
+
+    /// One look at every followed collection; returns whether anything is missing.
+    async fn pass(&self) -> bool {
+        let node = self.node.clone();
+        let plans = match self.pool.run(move || node.content_plans()).await {
+            Ok(Ok(plans)) => plans,
+            Ok(Err(err)) => {
+                tracing::warn!(err = %one_line(&err), "followed collections not read");
+                return true;
+            }
+            Err(_) => return false,
+        };
+        let mut incomplete = false;
+        for plan in plans {
+            incomplete |= !self.sync(plan).await;
+        }
+        incomplete
+    }
+
+    /// Fetches what one collection lacks; returns whether it is complete.
+    async fn sync(&self, plan: ContentPlan) -> bool {
+        let ContentPlan { id, seq, missing } = plan;
+        if missing.is_empty() {
+            self.handle.set(&id, SyncState::Complete);
+            return true;
+        }
+        if !matches!(self.handle.state(&id), Some(SyncState::Stalled(_))) {
+            self.handle.set(&id, SyncState::Syncing);
+        }
+        let reason = crate::node::follow::pin_reason(&id);
+        // Owned futures, collected first: a stream over a borrowing closure is not
+        // `Send` for every lifetime, as the spawned task needs.
+        let fetches: Vec<_> = missing
+            .iter()
+            .map(|root| {
+                let mut request = FetchRequest::dag(*root);
+                request.pin = Some(reason.clone());
+                request.wait = FETCH_WAIT;
+                let exchange = self.exchange.clone();
+                let root = *root;
+                async move { (root, exchange.fetch(request).await) }
+            })
+            .collect();
+        let results: Vec<_> = futures_util::stream::iter(fetches)
+            .buffer_unordered(RESOURCES_AT_ONCE)
+            .collect()
+            .await;
+        let mut failures: Vec<(Cid, String)> = Vec::new();
+        self.handle
+            .shared
+            .pins_changed
+            .store(true, Ordering::Relaxed);
+        for (root, result) in results {
+            match result {
+                Ok(fetched) => {
+                    tracing::debug!(collection = %id, %root, bytes = fetched.bytes, "resource complete")
+                }
+                Err(err) => failures.push((root, err.to_string())),
+            }
+        }
+        // What was pinned while the collection changed (a retraction, an unfollow) is
+        // let go again.
+        let node = self.node.clone();
+        if let Ok(Err(err)) = self.pool.run(move || node.settle_content()).await {
+            tracing::warn!(collection = %id, err = %one_line(&err), "content pins not settled");
+        }
+        match failures.first() {
+            None => {
+                tracing::info!(collection = %id, seq, resources = missing.len(), "collection content complete");
+                self.handle.set(&id, SyncState::Complete);
+                true
+            }
+            Some((root, reason)) => {
+                let reason = if failures.len() > 1 {
+                    format!("{} resources missing; {root}: {reason}", failures.len())
+                } else {
+                    format!("{root}: {reason}")
+                };
+                tracing::info!(collection = %id, %reason, "collection content incomplete");
+                self.handle.set(&id, SyncState::Stalled(reason));
+                false
+            }
+        }
+    }
+}
