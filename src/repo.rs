@@ -49,9 +49,6 @@ pub enum RepoError {
     Records(#[from] RecordError),
 }
 
-/// How long opening waits for sled's lock after this process closed the repository.
-const SLED_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// An open repository. Holding it holds the repository's lock.
 pub struct Repo {
     root: PathBuf,
@@ -104,22 +101,7 @@ impl Repo {
         let store_config = StoreConfig {
             cache_bytes: config.store.cache_mb * 1024 * 1024,
         };
-        // Holding repo.lock, no other process has the repository open; sled's own lock
-        // can then only be held by this process's last handle, which sled's background
-        // threads release a moment after it is dropped (a closed node that is opened
-        // again at once, as the daemon's tests do). Wait for it, briefly.
-        let deadline = std::time::Instant::now() + SLED_RELEASE_WAIT;
-        let store = loop {
-            match Store::open(root, &store_config) {
-                Err(StoreError::Db(sled::Error::Io(err)))
-                    if err.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other?,
-            }
-        };
+        let store = Store::open(root, &store_config)?;
         Ok(Repo {
             root: root.to_path_buf(),
             config,

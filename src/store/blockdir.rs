@@ -53,37 +53,13 @@ impl BlockDir {
     /// Writes `data` as the block file for `hash`, replacing whatever is there: a file
     /// left without an index entry may be torn, so it is never trusted.
     pub(crate) fn write(&self, hash: &Multihash<64>, data: &[u8]) -> io::Result<()> {
-        self.write_file(hash, data, false)
+        self.place(hash, false, |mut file| file.write_all(data))
     }
 
     /// Like [`BlockDir::write`], but the file and its name are on disk when this returns:
     /// for single blocks written outside a batch.
     pub(crate) fn write_durable(&self, hash: &Multihash<64>, data: &[u8]) -> io::Result<()> {
-        self.write_file(hash, data, true)
-    }
-
-    fn write_file(&self, hash: &Multihash<64>, data: &[u8], durable: bool) -> io::Result<()> {
-        let final_path = self.path_of(hash);
-        let tmp_path = self.tmp_path();
-        let result = (|| {
-            let mut file = File::create(&tmp_path)?;
-            file.write_all(data)?;
-            if durable {
-                file.sync_data()?;
-            }
-            drop(file);
-            let parent = final_path.parent().unwrap_or(&self.blocks);
-            fs::create_dir_all(parent)?;
-            fs::rename(&tmp_path, &final_path)?;
-            if durable {
-                File::open(parent)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp_path);
-        }
-        result
+        self.place(hash, true, |mut file| file.write_all(data))
     }
 
     /// Writes the block file for `hash` by copying `data.len()` bytes of `source` from
@@ -98,17 +74,38 @@ impl BlockDir {
         source: &File,
         offset: u64,
     ) -> io::Result<()> {
+        self.place(hash, false, |mut file| {
+            if !copy_range(source, offset, file, data.len())? {
+                file.write_all(data)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Fills a temp file with `fill`, then renames it to the block's place, so that a
+    /// block file is never seen half written; a failure leaves no temp file behind.
+    fn place(
+        &self,
+        hash: &Multihash<64>,
+        durable: bool,
+        fill: impl FnOnce(&File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let final_path = self.path_of(hash);
         let tmp_path = self.tmp_path();
         let result = (|| {
             let file = File::create(&tmp_path)?;
-            if !copy_range(source, offset, &file, data.len())? {
-                (&file).write_all(data)?;
+            fill(&file)?;
+            if durable {
+                file.sync_data()?;
             }
             drop(file);
             let parent = final_path.parent().unwrap_or(&self.blocks);
             fs::create_dir_all(parent)?;
-            fs::rename(&tmp_path, &final_path)
+            fs::rename(&tmp_path, &final_path)?;
+            if durable {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);

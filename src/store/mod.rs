@@ -140,15 +140,33 @@ struct Inner {
     maintenance: Mutex<()>,
 }
 
+/// How long opening waits for sled's lock to be released by a handle just dropped.
+const SLED_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Store {
     /// Opens (creating if needed) the store under `repo`: `repo/db` and `repo/blocks`.
     pub fn open(repo: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
         let db_path = repo.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        // sled's background threads release its lock a moment after the last handle is
+        // dropped: a store closed and opened again at once (a daemon restarted in the
+        // same process) waits for it, briefly, instead of failing.
+        let deadline = std::time::Instant::now() + SLED_RELEASE_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&db_path)
+                .cache_capacity(config.cache_bytes)
+                .flush_every_ms(Some(1000))
+                .open();
+            match opened {
+                Err(sled::Error::Io(err))
+                    if err.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let index = db.open_tree("blocks")?;
         let pins = db.open_tree("pins")?;
         let dir = BlockDir::open(repo).map_err(|source| StoreError::Io {
