@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::args::*;
-use super::{fds, AddLine, AddReply, ErrorBody, ExportEnd, FD_MIN_FILE_SIZE, MAX_FRAME, PREFIX};
+use super::{fds, AddLine, AddReply, ErrorBody, StreamEnd, FD_MIN_FILE_SIZE, MAX_FRAME, PREFIX};
 use crate::car::ExportSummary;
 use crate::node::service::Feed;
 use crate::node::views::*;
@@ -19,6 +19,7 @@ use crate::node::{ErrorCode, NodeError, Result, Service};
 use crate::records::provenance::ProvenanceNode;
 use crate::store::GcReport;
 use crate::unixfs::importer::{ImportError, TreeSink};
+use crate::unixfs::reader::ReadError;
 
 /// File content goes to the daemon in frames of at most this many bytes.
 const CONTENT_FRAME: usize = 256 * 1024;
@@ -169,6 +170,48 @@ impl ApiClient {
     }
 }
 
+/// Copies the data frames of a framed answer (`export`, `cat`) to `out` and returns what
+/// its last line reports: a failure midway is an error, never a silently short copy.
+fn read_framed<T: DeserializeOwned>(response: impl Read, out: &mut dyn Write) -> Result<T> {
+    let mut frames = BufReader::with_capacity(1 << 20, response);
+    let mut buffer = Vec::new();
+    loop {
+        let mut length = [0u8; 4];
+        frames
+            .read_exact(&mut length)
+            .map_err(|err| unavailable(&err))?;
+        let length = u32::from_be_bytes(length) as usize;
+        if length == 0 {
+            break;
+        }
+        if length > MAX_FRAME {
+            return Err(NodeError::refused(
+                ErrorCode::Unavailable,
+                "the daemon sent a frame above the limit",
+            ));
+        }
+        buffer.resize(length, 0);
+        frames
+            .read_exact(&mut buffer)
+            .map_err(|err| unavailable(&err))?;
+        out.write_all(&buffer)
+            .map_err(|err| NodeError::from(ReadError::Io(err)))?;
+    }
+    let mut end = Vec::new();
+    frames
+        .take(super::MAX_ADD_LINE as u64)
+        .read_until(b'\n', &mut end)
+        .map_err(|err| unavailable(&err))?;
+    match serde_json::from_slice::<StreamEnd<T>>(&end) {
+        Ok(StreamEnd::Done(done)) => Ok(done),
+        Ok(StreamEnd::Error(body)) => Err(body.into()),
+        Err(err) => Err(NodeError::refused(
+            ErrorCode::Unavailable,
+            format!("the answer ended without its last line: {err}"),
+        )),
+    }
+}
+
 fn unavailable(err: &(dyn std::error::Error + 'static)) -> NodeError {
     NodeError::refused(
         ErrorCode::Unavailable,
@@ -272,47 +315,16 @@ impl Service for ApiClient {
         self.call("/verify", &NoArg {})
     }
 
+    fn cat(&self, cid: &Cid, out: &mut dyn Write) -> Result<u64> {
+        let body = serde_json::to_vec(&CidArg { cid: *cid })
+            .map_err(|err| NodeError::refused(ErrorCode::Internal, err.to_string()))?;
+        read_framed(self.send("/cat", body.into())?, out)
+    }
+
     fn export(&self, target: &ExportTarget, out: &mut dyn Write) -> Result<ExportSummary> {
         let body = serde_json::to_vec(target)
             .map_err(|err| NodeError::refused(ErrorCode::Internal, err.to_string()))?;
-        let response = self.send("/export", body.into())?;
-        let mut frames = BufReader::with_capacity(1 << 20, response);
-        let mut buffer = Vec::new();
-        loop {
-            let mut length = [0u8; 4];
-            frames
-                .read_exact(&mut length)
-                .map_err(|err| unavailable(&err))?;
-            let length = u32::from_be_bytes(length) as usize;
-            if length == 0 {
-                break;
-            }
-            if length > MAX_FRAME {
-                return Err(NodeError::refused(
-                    ErrorCode::Unavailable,
-                    "the daemon sent a frame above the limit",
-                ));
-            }
-            buffer.resize(length, 0);
-            frames
-                .read_exact(&mut buffer)
-                .map_err(|err| unavailable(&err))?;
-            out.write_all(&buffer)
-                .map_err(|err| NodeError::refused(ErrorCode::Io, err.to_string()))?;
-        }
-        let mut end = Vec::new();
-        frames
-            .take(super::MAX_ADD_LINE as u64)
-            .read_until(b'\n', &mut end)
-            .map_err(|err| unavailable(&err))?;
-        match serde_json::from_slice::<ExportEnd>(&end) {
-            Ok(ExportEnd::Done(summary)) => Ok(summary),
-            Ok(ExportEnd::Error(body)) => Err(body.into()),
-            Err(err) => Err(NodeError::refused(
-                ErrorCode::Unavailable,
-                format!("the export ended without its last line: {err}"),
-            )),
-        }
+        read_framed(self.send("/export", body.into())?, out)
     }
 
     fn import(&self, car: &mut std::fs::File) -> Result<ImportView> {

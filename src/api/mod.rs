@@ -82,17 +82,18 @@ pub enum AddReply {
     Error(ErrorBody),
 }
 
-/// The last line of an `export` response, after the data frames.
+/// The last line of a framed response (`export`, `cat`), after the data frames: what the
+/// work returned, or why it stopped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ExportEnd {
-    Done(crate::car::ExportSummary),
+pub enum StreamEnd<T> {
+    Done(T),
     Error(ErrorBody),
 }
 
 /// An `add` request line is at most this long: a path of a few thousand bytes at most.
 pub const MAX_ADD_LINE: usize = 64 * 1024;
-/// Data frames of an `export` response are at most this long.
+/// Data frames of an `export` or `cat` response are at most this long.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 
 /// Arguments of the endpoints that take some; the same structs on both ends.

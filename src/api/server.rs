@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::args::*;
 use super::fds::{self, FdRegistry};
 use super::{
-    AddLine, AddReply, ErrorBody, ExportEnd, MAX_ADD_LINE, MAX_FRAME, PREFIX, SOCKET_NAME,
+    AddLine, AddReply, ErrorBody, StreamEnd, MAX_ADD_LINE, MAX_FRAME, PREFIX, SOCKET_NAME,
 };
 use crate::daemon::pool::BlockingPool;
 use crate::exchange::{Exchange, FetchRequest};
@@ -60,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
     let rpc = Router::new()
         .route("/add", post(add))
         .route("/block/get", post(block_get))
+        .route("/cat", post(cat))
         .route("/fetch", post(fetch))
         .route(
             "/pin/ls",
@@ -503,26 +504,42 @@ async fn import(
 /// `export`: the CAR in frames (a 4-byte big-endian length, then that many bytes), a
 /// zero-length frame, then one JSON line saying whether it completed.
 async fn export(State(state): State<ApiState>, body: Bytes) -> Response {
-    let target = match parse_args::<ExportTarget>(&body) {
-        Ok(target) => target,
-        Err(err) => return error_response(&err),
-    };
+    match parse_args::<ExportTarget>(&body) {
+        Ok(target) => framed_response(&state, move |node, out| node.export(&target, out)),
+        Err(err) => error_response(&err),
+    }
+}
+
+/// `cat`: a file's bytes, read and verified here, so the client makes one request
+/// instead of one per block.
+async fn cat(State(state): State<ApiState>, body: Bytes) -> Response {
+    match parse_args::<CidArg>(&body) {
+        Ok(args) => framed_response(&state, move |node, out| node.cat(&args.cid, out)),
+        Err(err) => error_response(&err),
+    }
+}
+
+/// Runs `work` on the blocking pool with a writer whose bytes reach the client as data
+/// frames, then sends the outcome as the last line, so that a failure midway is reported
+/// rather than leaving a silently short answer.
+fn framed_response<T, F>(state: &ApiState, work: F) -> Response
+where
+    T: Serialize,
+    F: FnOnce(&Node, &mut dyn Write) -> Result<T, NodeError> + Send + 'static,
+{
     let (frames, reply) = mpsc::channel::<Result<Bytes, Infallible>>(8);
     let node = state.node.clone();
     state.pool.spawn(move || {
-        let mut writer = FrameWriter {
-            frames: frames.clone(),
-            buffer: Vec::with_capacity(MAX_FRAME),
-        };
-        let outcome = node.export(&target, &mut writer).and_then(|summary| {
+        let mut writer = FrameWriter::new(frames.clone());
+        let outcome = work(&node, &mut writer).and_then(|done| {
             writer
                 .flush()
                 .map_err(|err| NodeError::refused(ErrorCode::Io, err.to_string()))?;
-            Ok(summary)
+            Ok(done)
         });
         let end = match outcome {
-            Ok(summary) => ExportEnd::Done(summary),
-            Err(err) => ExportEnd::Error(ErrorBody::from(&err)),
+            Ok(done) => StreamEnd::Done(done),
+            Err(err) => StreamEnd::Error(ErrorBody::from(&err)),
         };
         let mut tail = 0u32.to_be_bytes().to_vec();
         tail.extend_from_slice(&json_line(&end));
@@ -586,27 +603,45 @@ fn cut_short(err: io::Error) -> io::Error {
 
 struct FrameWriter {
     frames: mpsc::Sender<Result<Bytes, Infallible>>,
-    buffer: Vec<u8>,
+    /// The frame being filled: its 4-byte length, written at flush, then the data.
+    frame: Vec<u8>,
+}
+
+impl FrameWriter {
+    const HEADER: usize = 4;
+
+    fn new(frames: mpsc::Sender<Result<Bytes, Infallible>>) -> FrameWriter {
+        FrameWriter {
+            frames,
+            frame: FrameWriter::empty_frame(),
+        }
+    }
+
+    fn empty_frame() -> Vec<u8> {
+        let mut frame = Vec::with_capacity(FrameWriter::HEADER + MAX_FRAME);
+        frame.extend_from_slice(&[0; FrameWriter::HEADER]);
+        frame
+    }
 }
 
 impl Write for FrameWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = MAX_FRAME - self.buffer.len();
+        let room = FrameWriter::HEADER + MAX_FRAME - self.frame.len();
         let taken = data.len().min(room);
-        self.buffer.extend_from_slice(&data[..taken]);
-        if self.buffer.len() == MAX_FRAME {
+        self.frame.extend_from_slice(&data[..taken]);
+        if taken == room {
             self.flush()?;
         }
         Ok(taken)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.buffer.is_empty() {
+        let length = self.frame.len() - FrameWriter::HEADER;
+        if length == 0 {
             return Ok(());
         }
-        let mut frame = Vec::with_capacity(4 + self.buffer.len());
-        frame.extend_from_slice(&(self.buffer.len() as u32).to_be_bytes());
-        frame.append(&mut self.buffer);
+        self.frame[..FrameWriter::HEADER].copy_from_slice(&(length as u32).to_be_bytes());
+        let frame = std::mem::replace(&mut self.frame, FrameWriter::empty_frame());
         self.frames
             .blocking_send(Ok(Bytes::from(frame)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))

@@ -211,7 +211,8 @@ pub fn cat(service: &dyn Service, path: &str) -> Result<ExitCode> {
     let cid = reader::resolve(&blocks, &root, &sub)?;
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-    match reader::read_file(&blocks, &cid, &mut out)
+    match service
+        .cat(&cid, &mut out)
         .map_err(anyhow::Error::from)
         .and_then(|_| Ok(out.flush()?))
     {

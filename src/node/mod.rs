@@ -222,6 +222,12 @@ impl Node {
         Ok(self.store().get_block(cid)?)
     }
 
+    /// Writes the file `cid` to `out`, every block checked against its CID, and returns
+    /// its length.
+    pub fn cat(&self, cid: &Cid, out: &mut dyn Write) -> Result<u64> {
+        Ok(crate::unixfs::reader::read_file(self.store(), cid, out)?)
+    }
+
     /// Checks that what `options` names is all in the store, and pins it when asked.
     /// Peers are reached through a running daemon, whose API fetches what is missing;
     /// without one, a missing block is an error that says so.

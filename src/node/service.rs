@@ -27,6 +27,8 @@ pub trait Service: Sync {
     ) -> Result<AddOutcome>;
     /// A block's verified bytes.
     fn block(&self, cid: &Cid) -> Result<Vec<u8>>;
+    /// Writes the file `cid` to `out`; see [`Node::cat`].
+    fn cat(&self, cid: &Cid, out: &mut dyn Write) -> Result<u64>;
     /// Makes what `options` names complete here, from peers when a daemon runs.
     fn fetch(&self, options: &FetchOptions) -> Result<Fetched>;
     fn pins(&self) -> Result<Vec<PinView>>;
@@ -83,6 +85,9 @@ impl Service for Node {
     }
     fn block(&self, cid: &Cid) -> Result<Vec<u8>> {
         Node::block(self, cid)
+    }
+    fn cat(&self, cid: &Cid, out: &mut dyn Write) -> Result<u64> {
+        Node::cat(self, cid, out)
     }
     fn fetch(&self, options: &FetchOptions) -> Result<Fetched> {
         Node::fetch(self, options)

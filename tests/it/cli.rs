@@ -438,21 +438,24 @@ fn corruption_on_disk_is_named_and_never_served(mode: Mode) {
         .to_string();
     assert!(node.ok(&["verify"]).contains("all good"));
 
-    // Flip one bit in the first leaf's file.
-    let first_leaf = cid::Cid::new_v1(0x55, oermesh::block::sha256_multihash(&data[..1 << 20]));
-    let path = block_file(&node.repo, &first_leaf.to_string());
+    // Flip one bit in the second leaf's file: the failure comes in the middle of the
+    // stream, after a whole leaf has gone out.
+    let bad_leaf = cid::Cid::new_v1(
+        0x55,
+        oermesh::block::sha256_multihash(&data[1 << 20..2 << 20]),
+    );
+    let path = block_file(&node.repo, &bad_leaf.to_string());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[4242] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
 
     let cat = node.run(&["cat", &root]);
     assert!(!cat.status.success());
-    assert!(String::from_utf8_lossy(&cat.stderr).contains(&first_leaf.to_string()));
+    assert!(String::from_utf8_lossy(&cat.stderr).contains(&bad_leaf.to_string()));
+    assert!(cat.stdout.len() < data.len(), "no complete-looking output");
     let verify = node.run(&["verify"]);
     assert_eq!(verify.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&verify.stdout).contains(&format!("corrupt block {first_leaf}"))
-    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(&format!("corrupt block {bad_leaf}")));
     node.fails(&["export", &root, "-o", &node.path("out.car")]);
     assert!(
         !node.work.join("out.car").exists(),
