@@ -13,6 +13,11 @@ pub const DEFAULT_CONFIG: &str = r#"# oermesh node configuration.
 # Memory sled may use as its page cache, in MiB. Memory stays bounded by this
 # (plus working buffers) however large the store grows.
 cache_mb = 64
+# The most bytes of blocks this node keeps for collections it follows, in MiB; 0: no
+# limit but the disk. Followed content stops being fetched when it is reached (the
+# resources already being fetched may pass it by a little); other writes (add,
+# import) are not limited.
+quota_mb = 0
 
 [add]
 # How files are cut into blocks. "unixfs-v1-2025" (CIDv1, 1 MiB chunks) gives the
@@ -79,6 +84,27 @@ max_header_bytes = 16384
 max_ranges = 16
 # Seconds a request waits for a block from peers before answering 504.
 fetch_timeout_secs = 30
+
+[group]
+# A replication group: nodes (a school district, a national mirror set) that share
+# the keeping of collections, so that each resource is held by a set number of
+# members rather than by all of them. Empty name: this node is in no group.
+name = ""
+# The other members' peer ids (12D3Koo..., from `oermesh id` on each). Put their
+# addresses in daemon.static_peers too, unless mDNS finds them.
+members = []
+# Seconds between exchanges of what each member holds (also sent at once when
+# what this node holds changes).
+exchange_interval_secs = 30
+# Seconds between challenges to each member: it must prove that it holds a random
+# part of what it claims, or its claims are not counted.
+challenge_interval_secs = 60
+# The collections the group keeps, each with how many members must hold every
+# resource. Each member also follows the collection (`oermesh follow ID`); it then
+# holds its share of it instead of all of it.
+# [[group.collections]]
+# id = "z6Mk.../maths-grade-5"
+# replicas = 2
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,12 +132,14 @@ pub struct Config {
     pub daemon: DaemonSection,
     pub api: ApiSection,
     pub gateway: GatewaySection,
+    pub group: GroupSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub cache_mb: u64,
+    pub quota_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -160,6 +188,36 @@ pub struct GatewaySection {
     pub fetch_timeout_secs: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSection {
+    pub name: String,
+    pub members: Vec<String>,
+    pub exchange_interval_secs: u64,
+    pub challenge_interval_secs: u64,
+    pub collections: Vec<GroupCollection>,
+}
+
+/// A collection a replication group keeps, and on how many members.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCollection {
+    pub id: String,
+    pub replicas: u32,
+}
+
+impl Default for GroupSection {
+    fn default() -> Self {
+        GroupSection {
+            name: String::new(),
+            members: Vec::new(),
+            exchange_interval_secs: 30,
+            challenge_interval_secs: 60,
+            collections: Vec::new(),
+        }
+    }
+}
+
 impl Default for GatewaySection {
     fn default() -> Self {
         GatewaySection {
@@ -176,7 +234,10 @@ impl Default for GatewaySection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { cache_mb: 64 }
+        StoreSection {
+            cache_mb: 64,
+            quota_mb: 0,
+        }
     }
 }
 

@@ -477,6 +477,9 @@ impl Service for ApiClient {
     fn follow_status(&self, id: &str) -> Result<FollowStatusView> {
         self.call("/follow/status", &IdArg { id: id.into() })
     }
+    fn group_status(&self) -> Result<GroupStatusView> {
+        self.call("/group/status", &NoArg {})
+    }
 }
 
 /// One line of the daemon's add replies: passes an event on, or ends the add.

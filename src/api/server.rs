@@ -222,6 +222,10 @@ pub fn router(state: ApiState) -> Router {
             "/follow/status",
             post(|s: State<ApiState>, b: Bytes| call(s, b, |n, a: IdArg| n.follow_status(&a.id))),
         )
+        .route(
+            "/group/status",
+            post(|s: State<ApiState>, b: Bytes| call(s, b, |n, _: NoArg| n.group_status())),
+        )
         .fallback(|| async { error_response(&NodeError::not_found("no such API endpoint")) });
     Router::new()
         .nest(PREFIX, rpc)

@@ -110,6 +110,9 @@ enum Command {
         /// Collection id
         id: String,
     },
+    /// The replication group this node is in: members, challenges, resources below target
+    #[command(subcommand)]
+    Group(network::GroupCommand),
     /// Run the node: peer connections and the web page, until Ctrl-C or SIGTERM.
     /// Creates the repository if there is none.
     Daemon(DaemonArgs),
@@ -232,6 +235,7 @@ fn run_command(service: &dyn Service, command: Command) -> Result<ExitCode> {
         Command::Peers { command } => network::peers(service, command),
         Command::Follow(args) => network::follow(service, args),
         Command::Unfollow { id } => network::unfollow(service, &id),
+        Command::Group(command) => network::group(service, command),
         Command::Gc => {
             let report = service.gc()?;
             println!(

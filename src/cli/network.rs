@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use oermesh::node::{ContentProgress, EquivocationView, Service};
+use oermesh::node::{ContentProgress, EquivocationView, GroupStatusView, Service};
 
 use super::output;
 
@@ -40,6 +40,85 @@ pub enum FollowCommand {
     List,
     /// Each resource of a followed collection's newest version: complete or missing
     Status { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Members, their last challenges, and per kept collection the resources held by
+    /// fewer members than its target
+    Status,
+}
+
+pub fn group(service: &dyn Service, command: GroupCommand) -> Result<ExitCode> {
+    match command {
+        GroupCommand::Status => {
+            let view = service.group_status()?;
+            print_group(&mut std::io::stdout().lock(), &view)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_group(out: &mut dyn Write, view: &GroupStatusView) -> std::io::Result<()> {
+    writeln!(out, "group {}  (this node: {})", view.name, view.peer_id)?;
+    if !view.running {
+        writeln!(
+            out,
+            "the daemon is not running: other members' holdings are not known; `oermesh daemon` asks them"
+        )?;
+    }
+    for member in &view.members {
+        let reach = match (member.reachable, member.counted) {
+            (true, true) => "reachable, counted",
+            (true, false) => "reachable, NOT COUNTED (failed or unanswered challenge)",
+            (false, _) => "not reachable",
+        };
+        let free = member
+            .free_bytes
+            .map(|free| format!(", {} free", output::bytes(free)))
+            .unwrap_or_default();
+        writeln!(out, "member {}  {reach}{free}", member.peer_id)?;
+        for challenge in &member.challenges {
+            let reason = challenge
+                .reason
+                .as_deref()
+                .map(|reason| format!(": {reason}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  challenge {}  {}  {}{reason}",
+                challenge.at, challenge.outcome, challenge.resource
+            )?;
+        }
+    }
+    for collection in &view.collections {
+        let version = match collection.seq {
+            Some(seq) => format!("version {seq}"),
+            None => "no version yet".into(),
+        };
+        writeln!(
+            out,
+            "collection {}  {version}  replicas {}: {}/{} resources at target, {} held here",
+            collection.id,
+            collection.replicas,
+            collection.at_target,
+            collection.resources,
+            collection.held_here
+        )?;
+        for resource in &collection.below {
+            let holders = if resource.holders.is_empty() {
+                "held by no member".to_string()
+            } else {
+                format!("held by {}", resource.holders.join(", "))
+            };
+            writeln!(
+                out,
+                "  below {}: {}  {}  {holders}",
+                collection.replicas, resource.content, resource.title
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub fn follow(service: &dyn Service, args: FollowArgs) -> Result<ExitCode> {
@@ -139,9 +218,13 @@ fn follow_status(service: &dyn Service, id: &str) -> Result<ExitCode> {
             None => "size not known yet".into(),
         };
         let name = resource.path.as_deref().unwrap_or(&resource.title);
+        let replicas = resource
+            .replicas
+            .map(|n| format!("  {n} in the group"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "{:<9}  {}  {name}  ({size})",
+            "{:<9}  {}  {name}  ({size}){replicas}",
             resource.state, resource.content
         )?;
     }

@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
+use super::group::GroupHandle;
 use super::net::NetEvent;
 use super::pool::BlockingPool;
 use crate::exchange::{Exchange, FetchRequest};
@@ -98,6 +99,7 @@ pub fn spawn(
     node: Node,
     exchange: Exchange,
     pool: BlockingPool,
+    group: GroupHandle,
     events: broadcast::Receiver<NetEvent>,
     shutdown: watch::Receiver<bool>,
 ) -> (MirrorHandle, tokio::task::JoinHandle<()>) {
@@ -106,6 +108,7 @@ pub fn spawn(
         node,
         exchange,
         pool,
+        group,
         handle: handle.clone(),
     };
     let task = tokio::spawn(mirror.run(events, shutdown));
@@ -116,6 +119,8 @@ struct Mirror {
     node: Node,
     exchange: Exchange,
     pool: BlockingPool,
+    /// For collections a replication group keeps: which share this node holds.
+    group: GroupHandle,
     handle: MirrorHandle,
 }
 
@@ -185,9 +190,66 @@ impl Mirror {
         incomplete
     }
 
+    /// For a collection a replication group keeps, this node's share: what it lacks of
+    /// it (after letting go of what the group holds enough of elsewhere). `None` while
+    /// the group's view is not known yet.
+    async fn group_share(&self, id: &CollectionId, missing: Vec<Cid>) -> Option<Vec<Cid>> {
+        let node = self.node.clone();
+        let entries_id = id.clone();
+        let entries = match self.pool.run(move || node.group_entries(&entries_id)).await {
+            Ok(Ok(Some(entries))) => entries,
+            Ok(Ok(None)) => return Some(Vec::new()),
+            Ok(Err(err)) => {
+                tracing::warn!(collection = %id, err = %one_line(&err), "group share not read");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let decision = self.group.decide(id, &entries)?;
+        if !decision.release.is_empty() {
+            let node = self.node.clone();
+            let release_id = id.clone();
+            let release = decision.release.clone();
+            match self
+                .pool
+                .run(move || node.release_share(&release_id, &release))
+                .await
+            {
+                Ok(Ok(())) => {
+                    self.handle
+                        .shared
+                        .pins_changed
+                        .store(true, Ordering::Relaxed);
+                    self.group.holdings_changed();
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(collection = %id, err = %one_line(&err), "share not let go")
+                }
+                Err(_) => return None,
+            }
+        }
+        Some(
+            missing
+                .into_iter()
+                .filter(|content| decision.fetch.contains(content))
+                .collect(),
+        )
+    }
+
     /// Fetches what one collection lacks; returns whether it is complete.
     async fn sync(&self, plan: ContentPlan) -> bool {
         let ContentPlan { id, seq, missing } = plan;
+        let missing = if self.group.replicas(&id).is_some() {
+            match self.group_share(&id, missing).await {
+                Some(share) => share,
+                None => {
+                    self.handle.set(&id, SyncState::Syncing);
+                    return false;
+                }
+            }
+        } else {
+            missing
+        };
         if missing.is_empty() {
             self.handle.set(&id, SyncState::Complete);
             return true;
@@ -205,8 +267,20 @@ impl Mirror {
                 request.pin = Some(reason.clone());
                 request.wait = FETCH_WAIT;
                 let exchange = self.exchange.clone();
+                let node = self.node.clone();
+                let pool = self.pool.clone();
                 let root = *root;
-                async move { (root, exchange.fetch(request).await) }
+                async move {
+                    // A quota reached stops the fetching between resources.
+                    match pool.run(move || node.no_room()).await {
+                        Ok(Ok(Some(reason))) => return (root, Err(reason)),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(err)) => return (root, Err(one_line(&err))),
+                        Err(_) => return (root, Err("the daemon is shutting down".into())),
+                    }
+                    let fetched = exchange.fetch(request).await.map_err(|err| err.to_string());
+                    (root, fetched)
+                }
             })
             .collect();
         let results: Vec<_> = futures_util::stream::iter(fetches)
@@ -218,12 +292,13 @@ impl Mirror {
             .shared
             .pins_changed
             .store(true, Ordering::Relaxed);
+        self.group.holdings_changed();
         for (root, result) in results {
             match result {
                 Ok(fetched) => {
                     tracing::debug!(collection = %id, %root, bytes = fetched.bytes, "resource complete")
                 }
-                Err(err) => failures.push((root, err.to_string())),
+                Err(err) => failures.push((root, err)),
             }
         }
         // What was pinned while the collection changed (a retraction, an unfollow) is

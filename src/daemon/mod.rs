@@ -8,6 +8,7 @@
 //! and stops them together; [`run`] adds the start-up line and signal handling.
 
 pub mod follow;
+pub mod group;
 pub mod mirror;
 pub mod net;
 pub mod pool;
@@ -45,6 +46,7 @@ pub struct Online {
     client: Client,
     follower: tokio::sync::mpsc::Sender<follow::FollowCommand>,
     mirror: mirror::MirrorHandle,
+    group: group::GroupHandle,
     runtime: tokio::runtime::Handle,
 }
 
@@ -55,6 +57,10 @@ impl Online {
 
     pub fn mirror(&self) -> &mirror::MirrorHandle {
         &self.mirror
+    }
+
+    pub fn group(&self) -> &group::GroupHandle {
+        &self.group
     }
 
     /// Hands the follower a command, waiting while its queue is full. Must not be
@@ -227,6 +233,7 @@ pub struct Daemon {
     follow_task: Option<JoinHandle<()>>,
     bitswap_task: Option<JoinHandle<()>>,
     mirror_task: Option<JoinHandle<()>>,
+    group_task: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -237,6 +244,7 @@ impl Daemon {
     pub async fn start(node: Node, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let config = node.config();
         let settings = options.resolve(&config.daemon)?;
+        let group_config = node.group_config().map_err(Box::new)?;
         let keypair = net::read_node_key(&node.node_key_path())?;
         let peer_id = keypair.public().to_peer_id();
         let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
@@ -329,13 +337,28 @@ impl Daemon {
             web.clone(),
             shutdown_signal.clone(),
         ));
+        let group = group::GroupHandle::new(peer_id, group_config);
         let (mirror, mirror_task) = mirror::spawn(
             node.clone(),
             exchange.clone(),
             pool.clone(),
+            group.clone(),
             client.events(),
             shutdown_signal.clone(),
         );
+        let Ok(group_task) = group::spawn(
+            group.clone(),
+            node.clone(),
+            pool.clone(),
+            client.clone(),
+            mirror.clone(),
+            shutdown_signal.clone(),
+        ) else {
+            let _ = shutdown.send(true);
+            let _ = net_task.await;
+            let _ = std::fs::remove_file(&api_socket);
+            return Err(DaemonError::TaskEnded("replication group"));
+        };
         let (follower, follow_task) = follow::spawn(
             node.clone(),
             client.clone(),
@@ -350,6 +373,7 @@ impl Daemon {
             client: client.clone(),
             follower,
             mirror,
+            group,
             runtime: tokio::runtime::Handle::current(),
         }));
         let api_state = ApiState {
@@ -392,6 +416,7 @@ impl Daemon {
             follow_task: Some(follow_task),
             bitswap_task: Some(bitswap_task),
             mirror_task: Some(mirror_task),
+            group_task,
             http_task: Some(http_task),
             api_tasks,
         })
@@ -570,6 +595,11 @@ impl Daemon {
         if let Some(mirror_task) = self.mirror_task.take() {
             if let Err(err) = mirror_task.await {
                 tracing::warn!(%err, "mirror task failed");
+            }
+        }
+        if let Some(group_task) = self.group_task.take() {
+            if let Err(err) = group_task.await {
+                tracing::warn!(%err, "replication group task failed");
             }
         }
         // Responses still being produced on blocking threads hold the web state, and

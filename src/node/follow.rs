@@ -223,6 +223,7 @@ impl Node {
             return Ok(None);
         };
         let reason = pin_reason(id);
+        let replicas = self.replica_counts(id)?;
         let mut views = Vec::with_capacity(resources.len());
         for resource in resources {
             let complete = !resource.retracted
@@ -250,6 +251,10 @@ impl Node {
                 },
                 bytes_held,
                 bytes_total,
+                replicas: replicas
+                    .as_ref()
+                    .filter(|_| !resource.retracted)
+                    .map(|counts| counts.get(&resource.content).copied().unwrap_or(0)),
             });
         }
         Ok(Some(views))
@@ -260,6 +265,11 @@ impl Node {
         let Some(progress) = progress else {
             return SyncView::new("waiting for a first version", None);
         };
+        let shared = self
+            .group_config()
+            .ok()
+            .flatten()
+            .is_some_and(|group| group.collections.iter().any(|(kept, _)| kept == id));
         if progress.complete == progress.resources {
             return SyncView::new("complete", None);
         }
@@ -273,6 +283,10 @@ impl Node {
             Some(crate::daemon::mirror::SyncState::Stalled(reason)) => {
                 SyncView::new("stalled", Some(reason))
             }
+            Some(crate::daemon::mirror::SyncState::Complete) if shared => SyncView::new(
+                "complete",
+                Some("this node's share; the replication group holds the rest".into()),
+            ),
             _ => SyncView::new("syncing", None),
         }
     }

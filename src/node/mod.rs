@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod follow;
+mod group;
 mod network;
 pub mod service;
 pub mod views;

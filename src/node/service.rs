@@ -72,6 +72,7 @@ pub trait Service: Sync {
     fn unfollow(&self, id: &str) -> Result<FollowView>;
     fn follow_list(&self) -> Result<Vec<FollowRow>>;
     fn follow_status(&self, id: &str) -> Result<FollowStatusView>;
+    fn group_status(&self) -> Result<GroupStatusView>;
 }
 
 impl Service for Node {
@@ -200,6 +201,9 @@ impl Service for Node {
     }
     fn follow_status(&self, id: &str) -> Result<FollowStatusView> {
         Node::follow_status(self, id)
+    }
+    fn group_status(&self) -> Result<GroupStatusView> {
+        Node::group_status(self)
     }
 }
 

@@ -445,6 +445,10 @@ pub struct ResourceView {
     pub bytes_held: u64,
     /// `None` while the resource's root block is not here.
     pub bytes_total: Option<u64>,
+    /// For a collection a replication group keeps, while the daemon runs: how many
+    /// members (this node included) hold it, counting only claims not disproved.
+    #[serde(default)]
+    pub replicas: Option<u32>,
 }
 
 /// Evidence that a publisher signed two different heads with the same version number.
@@ -455,4 +459,68 @@ pub struct EquivocationView {
     pub known: Cid,
     #[serde(with = "cid_text")]
     pub conflicting: Cid,
+}
+
+/// `group status`: the replication group this node is in, as it sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatusView {
+    pub name: String,
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Whether a daemon runs: without one, other members' holdings are not known.
+    pub running: bool,
+    pub members: Vec<GroupMemberView>,
+    pub collections: Vec<GroupCollectionView>,
+}
+
+/// Another member of the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMemberView {
+    pub peer_id: String,
+    /// It told this node what it holds recently.
+    pub reachable: bool,
+    /// Its claims count: its last challenge did not fail or go unanswered.
+    pub counted: bool,
+    /// The free space it last reported.
+    pub free_bytes: Option<u64>,
+    /// Its last challenges, oldest first.
+    pub challenges: Vec<GroupChallengeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChallengeView {
+    /// RFC 3339.
+    pub at: String,
+    #[serde(with = "cid_text")]
+    pub resource: Cid,
+    /// `passed`, `failed` or `unanswered`.
+    pub outcome: String,
+    pub reason: Option<String>,
+}
+
+/// A collection the group keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCollectionView {
+    pub id: String,
+    /// The target: members that should hold each resource.
+    pub replicas: u32,
+    /// The newest version known here; `None` before one is.
+    pub seq: Option<u64>,
+    /// Live resources of that version.
+    pub resources: u64,
+    /// Those this node holds.
+    pub held_here: u64,
+    /// Those held by at least `replicas` members.
+    pub at_target: u64,
+    /// Those held by fewer, each with its holders.
+    pub below: Vec<GroupResourceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupResourceView {
+    #[serde(with = "cid_text")]
+    pub content: Cid,
+    pub title: String,
+    /// Peer ids of the members whose copies count.
+    pub holders: Vec<String>,
 }

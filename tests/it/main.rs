@@ -35,6 +35,7 @@ mod fixture;
 mod gateway;
 mod gen;
 mod gossip;
+mod group;
 mod http;
 mod interop;
 mod lan;

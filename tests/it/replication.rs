@@ -44,14 +44,14 @@ const SIZES: [u64; 20] = [
 ];
 
 /// A resource as its publisher added it.
-struct Resource {
-    record: Cid,
-    content: Cid,
-    file: std::path::PathBuf,
+pub struct Resource {
+    pub record: Cid,
+    pub content: Cid,
+    pub file: std::path::PathBuf,
 }
 
 /// Adds a generated file to `daemon`'s node and signs a record for it.
-async fn add_resource(daemon: &Daemon, dir: &Path, size: u64, seed: u32) -> Resource {
+pub async fn add_resource(daemon: &Daemon, dir: &Path, size: u64, seed: u32) -> Resource {
     let file = dir.join(format!("resource-{seed}.bin"));
     write_generated(&file, size, seed);
     let content = add(daemon, &file, false).await;
@@ -83,7 +83,7 @@ async fn add_resource(daemon: &Daemon, dir: &Path, size: u64, seed: u32) -> Reso
     }
 }
 
-async fn add_to_collection(daemon: &Daemon, resources: &[&Resource]) {
+pub async fn add_to_collection(daemon: &Daemon, resources: &[&Resource]) {
     let records: Vec<String> = resources.iter().map(|r| r.record.to_string()).collect();
     on_node(daemon, move |node| {
         node.collection_add("lessons", &records, None, None)
@@ -92,7 +92,7 @@ async fn add_to_collection(daemon: &Daemon, resources: &[&Resource]) {
     .await;
 }
 
-async fn publish(daemon: &Daemon) -> u64 {
+pub async fn publish(daemon: &Daemon) -> u64 {
     on_node(daemon, |node| {
         node.collection_publish("lessons").unwrap().seq
     })
