@@ -55,6 +55,11 @@ max_connections_per_peer = 2
 max_pending_incoming = 16
 # New connections are refused while the daemon uses more memory than this, in MiB.
 max_memory_mb = 1024
+# Most bytes per second of blocks sent to peers, and fetched from them, e.g. "2 MB/s"
+# or "16 Mbit/s" (at least 64 kB/s); empty: no limit. A school's uplink is shared with
+# its classrooms. Browsers on the school network are not limited by these.
+max_upload_rate = ""
+max_download_rate = ""
 
 [api]
 # While the daemon runs, every oermesh command on this machine talks to it through
@@ -167,6 +172,8 @@ pub struct DaemonSection {
     pub max_connections_per_peer: u32,
     pub max_pending_incoming: u32,
     pub max_memory_mb: u64,
+    pub max_upload_rate: String,
+    pub max_download_rate: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -265,6 +272,8 @@ impl Default for DaemonSection {
             max_connections_per_peer: 2,
             max_pending_incoming: 16,
             max_memory_mb: 1024,
+            max_upload_rate: String::new(),
+            max_download_rate: String::new(),
         }
     }
 }

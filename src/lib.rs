@@ -1,6 +1,7 @@
 //! oermesh: a peer-to-peer, content-addressed distribution node for Open Educational Resources.
 
 pub mod api;
+pub mod bandwidth;
 pub mod bitswap;
 pub mod block;
 pub mod car;

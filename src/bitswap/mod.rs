@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::bandwidth::Bandwidth;
 use crate::daemon::net::{self, NetEvent};
 use crate::daemon::pool::BlockingPool;
 use crate::store::Store;
@@ -86,6 +87,8 @@ struct Shared {
     serve_slots: Arc<Semaphore>,
     inbound_streams: AtomicUsize,
     counters: Counters,
+    /// Caps on bytes sent and received, shared with the block exchange.
+    bandwidth: Bandwidth,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -141,6 +144,7 @@ pub fn start(
     store: Store,
     pool: BlockingPool,
     net: net::Client,
+    bandwidth: Bandwidth,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Bitswap, JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
     let mut control = net.stream_control();
@@ -167,6 +171,7 @@ pub fn start(
         serve_slots: Arc::new(Semaphore::new(SERVE_SLOTS)),
         inbound_streams: AtomicUsize::new(0),
         counters: Counters::default(),
+        bandwidth,
         shutdown: shutdown.clone(),
     });
     let task = tokio::spawn(run(

@@ -185,6 +185,7 @@ async fn send_loop(shared: Arc<Shared>, peer: Arc<Peer>, mut queue: mpsc::Receiv
                 break;
             }
             let bytes = message.encode(*version);
+            shared.bandwidth.upload.spend(bytes.len()).await;
             let written =
                 tokio::time::timeout(WRITE_TIMEOUT, wire::write_message(open_stream, &bytes)).await;
             match written {
@@ -328,7 +329,12 @@ async fn read_loop(place: InboundPlace, mut stream: Stream) {
             ) => read,
         };
         match read {
-            Ok(Ok(Some(message))) => received(shared, peer, message).await,
+            Ok(Ok(Some(message))) => {
+                // Not reading on until the download cap allows slows the peer down.
+                let block_bytes = message.blocks.iter().map(|b| b.data.len()).sum();
+                shared.bandwidth.download.spend(block_bytes).await;
+                received(shared, peer, message).await
+            }
             Ok(Err(err)) if err.is_violation() => {
                 shared.cut_off(peer.id, &err.to_string());
                 return;

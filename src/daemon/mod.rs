@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::fds::FdRegistry;
 use crate::api::server::{self as api_server, ApiState};
+use crate::bandwidth::{self, Bandwidth, Throttle};
 use crate::bitswap::{self, Bitswap};
 use crate::config::{ApiSection, DaemonSection};
 use crate::exchange::{self, Exchange, ExchangeConfig};
@@ -134,6 +135,7 @@ struct Settings {
     net: NetConfig,
     /// Whether peers can turn up without dialling us (mDNS, static peers, the DHT).
     discovery: bool,
+    bandwidth: Bandwidth,
 }
 
 impl DaemonOptions {
@@ -190,7 +192,25 @@ impl DaemonOptions {
         )?;
         positive("max_pending_incoming", config.max_pending_incoming.into())?;
         positive("max_memory_mb", config.max_memory_mb)?;
+        let throttle = |key: &'static str, value: &str| -> Result<Throttle, DaemonError> {
+            if value.trim().is_empty() {
+                return Ok(Throttle::unlimited());
+            }
+            match crate::units::parse_rate(value) {
+                Ok(rate) if rate >= bandwidth::MIN_RATE => Ok(Throttle::new(rate)),
+                _ => Err(DaemonError::Config {
+                    key,
+                    value: value.to_string(),
+                    expected: "rate of at least 64 kB/s, e.g. \"2 MB/s\" or \"16 Mbit/s\"",
+                }),
+            }
+        };
+        let bandwidth = Bandwidth {
+            upload: throttle("max_upload_rate", &config.max_upload_rate)?,
+            download: throttle("max_download_rate", &config.max_download_rate)?,
+        };
         Ok(Settings {
+            bandwidth,
             discovery: mdns || !static_peers.is_empty() || !bootstrap.is_empty(),
             http_listen: self
                 .http_listen
@@ -291,11 +311,13 @@ impl Daemon {
         let pool = BlockingPool::new(pool::DEFAULT_POOL_SIZE);
         let exchange_config = ExchangeConfig {
             discovery: settings.discovery,
+            bandwidth: settings.bandwidth.clone(),
         };
         let bitswap_started = bitswap::start(
             node.store().clone(),
             pool.clone(),
             client.clone(),
+            settings.bandwidth.clone(),
             shutdown_signal.clone(),
         );
         let started = bitswap_started.and_then(|(bitswap, bitswap_task)| {
@@ -765,5 +787,17 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("daemon.max_connections"), "{err}");
+        for (upload, download, key) in [
+            ("fast", "", "daemon.max_upload_rate"),
+            ("", "10 kB/s", "daemon.max_download_rate"),
+        ] {
+            let bad_rate = DaemonSection {
+                max_upload_rate: upload.into(),
+                max_download_rate: download.into(),
+                ..DaemonSection::default()
+            };
+            let err = DaemonOptions::default().resolve(&bad_rate).err().unwrap();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 }

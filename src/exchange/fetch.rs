@@ -37,6 +37,7 @@ use super::serve::Recording;
 use super::walk::{self, Item, Walk, WalkError};
 use super::wire::{self, BlockFrame, ByteRange, Frame, Request, Scope, Status};
 use super::{lock, Exchange, Shared};
+use crate::bandwidth::Throttle;
 use crate::block::{self, codec, hash_code, BlockError, BlockGet, BlockPut};
 use crate::store::{GcHold, Store, StoreError, WriteBatch};
 use crate::unixfs::pb::PbNode;
@@ -577,7 +578,8 @@ impl Session {
         let mut target_block = None;
         let mut lacks = None;
         loop {
-            match (next_frame(&mut stream).await?, target) {
+            let download = &self.shared.config.bandwidth.download;
+            match (next_frame(&mut stream, download).await?, target) {
                 (Frame::Block(block), None) if lacks.is_none() => {
                     path_bytes += block.data().len();
                     if received.len() >= wire::MAX_PATH_BLOCKS
@@ -1067,7 +1069,7 @@ impl Requested {
             let frame = tokio::select! {
                 biased;
                 _ = &mut cancelled => return Err(Failure::Cancelled),
-                frame = next_frame(&mut stream) => frame?,
+                frame = next_frame(&mut stream, &shared.config.bandwidth.download) => frame?,
             };
             match frame {
                 Frame::Block(block) => {
@@ -1201,7 +1203,17 @@ async fn open(shared: &Shared, peer: PeerId, request: &Request) -> Result<Stream
     Ok(stream)
 }
 
-async fn next_frame(stream: &mut Stream) -> Result<Frame, Failure> {
+/// The next frame of an answer; a block's bytes are spent from the download cap before
+/// the next frame is read, so a capped node slows its peers down by not reading.
+async fn next_frame(stream: &mut Stream, download: &Throttle) -> Result<Frame, Failure> {
+    let frame = next_frame_now(stream).await?;
+    if let Frame::Block(block) = &frame {
+        download.spend(block.data().len()).await;
+    }
+    Ok(frame)
+}
+
+async fn next_frame_now(stream: &mut Stream) -> Result<Frame, Failure> {
     match tokio::time::timeout(STALL, wire::read_frame(stream, wire::MAX_RESPONSE_FRAME)).await {
         Err(_) => Err(Failure::Stream(format!(
             "nothing received for {} s",

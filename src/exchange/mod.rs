@@ -25,6 +25,7 @@ use libp2p::PeerId;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::bandwidth::Bandwidth;
 use crate::bitswap::Bitswap;
 use crate::daemon::net;
 use crate::daemon::pool::BlockingPool;
@@ -53,6 +54,8 @@ pub struct ExchangeConfig {
     /// Whether new peers can turn up on their own (mDNS, static peers, a DHT). Without
     /// any, a fetch with no peer at all fails after a short wait instead of the whole one.
     pub discovery: bool,
+    /// Caps on block bytes sent and received.
+    pub bandwidth: Bandwidth,
 }
 
 /// A handle to the block exchange: fetches and the state of peers. Cheap to clone.

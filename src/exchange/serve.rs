@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::walk::{Item, Walk, WalkError};
 use super::wire::{self, End, Frame, Request, Status};
 use super::{lock, Shared, MAX_SERVING_STREAMS, MAX_STREAMS_PER_PEER, MAX_WANTS_PER_PEER};
+use crate::bandwidth::Throttle;
 use crate::block::{BlockError, BlockGet};
 use crate::store::Store;
 use crate::unixfs::reader::{self, ReadError};
@@ -215,6 +216,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, mut stream: Stream, mut
     }
     let mut writer = Deadline {
         inner: BufWriter::with_capacity(64 * 1024, &mut stream),
+        upload: shared.config.bandwidth.upload.clone(),
     };
     match respond(&shared, &mut writer, request).await {
         Ok(()) => {
@@ -259,9 +261,11 @@ pub fn check_request(request: &Request) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes through to the stream, giving up on a peer that stops reading.
+/// Writes through to the stream, giving up on a peer that stops reading, and sends
+/// blocks no faster than the upload cap.
 struct Deadline<W> {
     inner: W,
+    upload: Throttle,
 }
 
 impl<W: AsyncWrite + Unpin> Deadline<W> {
@@ -270,6 +274,7 @@ impl<W: AsyncWrite + Unpin> Deadline<W> {
     }
 
     async fn block(&mut self, cid: &Cid, data: &[u8]) -> std::io::Result<()> {
+        self.upload.spend(data.len()).await;
         within(WRITE_STALL, wire::write_block(&mut self.inner, cid, data)).await
     }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cid::Cid;
 use libp2p::multiaddr::Protocol;
@@ -838,4 +838,57 @@ async fn a_fetch_no_connected_peer_can_serve_finds_a_provider_through_the_dht() 
     c.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
+}
+
+/// The bandwidth caps of config hold for serving and for fetching: A may send 512 kB/s
+/// and B may fetch 512 kB/s, so 4 MiB from A to C, or from C to B, takes at least
+/// (4 MiB less the 2 MiB a cap lets through at once) / 512 kB/s, about 4.1 s. Without
+/// the caps loopback moves it in a fraction of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_and_fetching_keep_to_the_configured_bandwidth_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = scratch_dir();
+    let capped = |root: &Path, key: &str| {
+        Repo::open_or_init(root).unwrap();
+        let config = root.join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let line = format!("{key} = \"\"");
+        assert!(text.contains(&line), "{text}");
+        std::fs::write(
+            &config,
+            text.replace(&line, &format!("{key} = \"512 kB/s\"")),
+        )
+        .unwrap();
+    };
+    capped(&dir.path().join("a"), "max_upload_rate");
+    capped(&dir.path().join("b"), "max_download_rate");
+    let a = start(&dir.path().join("a")).await;
+    let b = start(&dir.path().join("b")).await;
+    let c = start(&dir.path().join("c")).await;
+    let (from_a, from_c) = (files.path().join("a.bin"), files.path().join("c.bin"));
+    write_generated(&from_a, 4 * MIB, 71);
+    write_generated(&from_c, 4 * MIB, 72);
+    let (root_a, root_c) = (add(&a, &from_a, false).await, add(&c, &from_c, false).await);
+    connect(&c, &a).await;
+    connect(&b, &c).await;
+
+    let timed_fetch = |to: &Daemon, root: Cid| {
+        let exchange = to.exchange().clone();
+        async move {
+            let mut request = FetchRequest::dag(root);
+            request.wait = DEADLINE;
+            let started = Instant::now();
+            exchange.fetch(request).await.unwrap();
+            started.elapsed()
+        }
+    };
+    let (a_to_c, c_to_b) = tokio::join!(timed_fetch(&c, root_a), timed_fetch(&b, root_c));
+    assert_eq!(stored_digest(&c, root_a).await, file_digest(&from_a));
+    assert_eq!(stored_digest(&b, root_c).await, file_digest(&from_c));
+    let least = Duration::from_secs(3);
+    assert!(a_to_c >= least, "A sent 4 MiB in {a_to_c:?}");
+    assert!(c_to_b >= least, "B fetched 4 MiB in {c_to_b:?}");
+    for daemon in [a, b, c] {
+        daemon.shutdown().await.unwrap();
+    }
 }
