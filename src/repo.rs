@@ -189,6 +189,9 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// How long opening waits for a lock this process itself holds to be released.
+const OWN_LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Takes an advisory lock on `repo.lock` and records our pid in it, so a second
 /// process can say who holds the repository. The OS drops the lock if we die.
 fn lock_repo(root: &Path) -> Result<File, RepoError> {
@@ -204,7 +207,24 @@ fn lock_repo(root: &Path) -> Result<File, RepoError> {
             path: path.clone(),
             source,
         })?;
-    match file.try_lock() {
+    // A child process that another thread of this process is starting holds a copy of
+    // every descriptor, and so of the lock, until it runs its program: when the holder is
+    // this very process, the lock is being released, so wait for it, briefly.
+    let deadline = std::time::Instant::now() + OWN_LOCK_RELEASE_WAIT;
+    let ours = std::process::id().to_string();
+    let locked = loop {
+        match file.try_lock() {
+            Err(fs::TryLockError::WouldBlock)
+                if std::time::Instant::now() < deadline
+                    && fs::read_to_string(&path)
+                        .is_ok_and(|holder| holder.split_whitespace().next() == Some(&ours)) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             let holder = fs::read_to_string(&path).unwrap_or_default();
@@ -232,4 +252,34 @@ fn lock_repo(root: &Path) -> Result<File, RepoError> {
             source,
         })?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A child process started by another thread holds a copy of every descriptor of
+    /// this process until it runs its program; the repository's lock goes with it.
+    #[test]
+    fn a_repository_closed_and_opened_again_at_once_waits_out_children_being_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            });
+            for _ in 0..1500 {
+                let lock = lock_repo(dir.path());
+                if lock.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                drop(lock.unwrap());
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
 }
