@@ -60,6 +60,10 @@ max_memory_mb = 1024
 # its classrooms. Browsers on the school network are not limited by these.
 max_upload_rate = ""
 max_download_rate = ""
+# Hours, in this machine's local time, in which the content of followed collections
+# is fetched, e.g. "22:00-06:00" to leave the school day's uplink to the classrooms;
+# empty: any time. What a user asks for (cat, get, the web page) is fetched at once.
+sync_hours = ""
 
 [api]
 # While the daemon runs, every oermesh command on this machine talks to it through
@@ -174,6 +178,7 @@ pub struct DaemonSection {
     pub max_memory_mb: u64,
     pub max_upload_rate: String,
     pub max_download_rate: String,
+    pub sync_hours: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -274,6 +279,7 @@ impl Default for DaemonSection {
             max_memory_mb: 1024,
             max_upload_rate: String::new(),
             max_download_rate: String::new(),
+            sync_hours: String::new(),
         }
     }
 }

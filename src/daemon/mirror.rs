@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::group::GroupHandle;
 use super::net::NetEvent;
 use super::pool::BlockingPool;
+use crate::bandwidth::SyncHours;
 use crate::exchange::{Exchange, FetchRequest};
 use crate::node::follow::ContentPlan;
 use crate::node::{one_line, Node};
@@ -100,6 +101,7 @@ pub fn spawn(
     exchange: Exchange,
     pool: BlockingPool,
     group: GroupHandle,
+    sync_hours: Option<SyncHours>,
     events: broadcast::Receiver<NetEvent>,
     shutdown: watch::Receiver<bool>,
 ) -> (MirrorHandle, tokio::task::JoinHandle<()>) {
@@ -109,6 +111,7 @@ pub fn spawn(
         exchange,
         pool,
         group,
+        sync_hours,
         handle: handle.clone(),
     };
     let task = tokio::spawn(mirror.run(events, shutdown));
@@ -121,6 +124,8 @@ struct Mirror {
     pool: BlockingPool,
     /// For collections a replication group keeps: which share this node holds.
     group: GroupHandle,
+    /// When content may be fetched; `None`: any time.
+    sync_hours: Option<SyncHours>,
     handle: MirrorHandle,
 }
 
@@ -190,6 +195,10 @@ impl Mirror {
         incomplete
     }
 
+    fn outside_sync_hours(&self) -> Option<String> {
+        outside(self.sync_hours)
+    }
+
     /// For a collection a replication group keeps, this node's share: what it lacks of
     /// it (after letting go of what the group holds enough of elsewhere). `None` while
     /// the group's view is not known yet.
@@ -254,6 +263,10 @@ impl Mirror {
             self.handle.set(&id, SyncState::Complete);
             return true;
         }
+        if let Some(closed) = self.outside_sync_hours() {
+            self.handle.set(&id, SyncState::Stalled(closed));
+            return false;
+        }
         if !matches!(self.handle.state(&id), Some(SyncState::Stalled(_))) {
             self.handle.set(&id, SyncState::Syncing);
         }
@@ -270,7 +283,12 @@ impl Mirror {
                 let node = self.node.clone();
                 let pool = self.pool.clone();
                 let root = *root;
+                let sync_hours = self.sync_hours;
                 async move {
+                    // The window may close during a sync: the next resource waits.
+                    if let Some(closed) = outside(sync_hours) {
+                        return (root, Err(closed));
+                    }
                     // A quota reached stops the fetching between resources.
                     match pool.run(move || node.no_room()).await {
                         Ok(Ok(Some(reason))) => return (root, Err(reason)),
@@ -325,4 +343,11 @@ impl Mirror {
             }
         }
     }
+}
+
+/// Why content may not be fetched now, if the sync hours are closed.
+fn outside(sync_hours: Option<SyncHours>) -> Option<String> {
+    sync_hours
+        .filter(|hours| !hours.open_now())
+        .map(|hours| format!("waiting for the sync hours, {hours} local time"))
 }

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::fds::FdRegistry;
 use crate::api::server::{self as api_server, ApiState};
-use crate::bandwidth::{self, Bandwidth, Throttle};
+use crate::bandwidth::{self, Bandwidth, SyncHours, Throttle};
 use crate::bitswap::{self, Bitswap};
 use crate::config::{ApiSection, DaemonSection};
 use crate::exchange::{self, Exchange, ExchangeConfig};
@@ -136,6 +136,8 @@ struct Settings {
     /// Whether peers can turn up without dialling us (mDNS, static peers, the DHT).
     discovery: bool,
     bandwidth: Bandwidth,
+    /// When followed collections' content is fetched; `None`: any time.
+    sync_hours: Option<SyncHours>,
 }
 
 impl DaemonOptions {
@@ -209,8 +211,17 @@ impl DaemonOptions {
             upload: throttle("max_upload_rate", &config.max_upload_rate)?,
             download: throttle("max_download_rate", &config.max_download_rate)?,
         };
+        let sync_hours = match config.sync_hours.trim() {
+            "" => None,
+            text => Some(SyncHours::parse(text).ok_or_else(|| DaemonError::Config {
+                key: "sync_hours",
+                value: text.to_string(),
+                expected: "window of hours, e.g. \"22:00-06:00\"",
+            })?),
+        };
         Ok(Settings {
             bandwidth,
+            sync_hours,
             discovery: mdns || !static_peers.is_empty() || !bootstrap.is_empty(),
             http_listen: self
                 .http_listen
@@ -365,6 +376,7 @@ impl Daemon {
             exchange.clone(),
             pool.clone(),
             group.clone(),
+            settings.sync_hours,
             client.events(),
             shutdown_signal.clone(),
         );
@@ -799,5 +811,11 @@ mod tests {
             let err = DaemonOptions::default().resolve(&bad_rate).err().unwrap();
             assert!(err.to_string().contains(key), "{err}");
         }
+        let bad_hours = DaemonSection {
+            sync_hours: "nights".into(),
+            ..DaemonSection::default()
+        };
+        let err = DaemonOptions::default().resolve(&bad_hours).err().unwrap();
+        assert!(err.to_string().contains("daemon.sync_hours"), "{err}");
     }
 }

@@ -388,3 +388,75 @@ async fn a_mirror_killed_halfway_shows_only_whole_resources_and_resumes_after_a_
     mirror.await.unwrap();
     p.shutdown().await.unwrap();
 }
+
+/// Sets `[daemon] sync_hours` in the config of the repository at `root`.
+fn set_sync_hours(root: &Path, from: u16, to: u16) {
+    let config = root.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let window = format!(
+        "sync_hours = \"{:02}:{:02}-{:02}:{:02}\"",
+        from / 60,
+        from % 60,
+        to / 60,
+        to % 60
+    );
+    let edited: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("sync_hours =") {
+                window.clone()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    assert!(edited.contains(&window), "{text}");
+    std::fs::write(&config, edited.join("\n")).unwrap();
+}
+
+/// A mirror told to sync only in some hours of the day says it is waiting for them and
+/// fetches nothing outside them; restarted with hours that include now, it syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_fetches_content_only_within_its_sync_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = scratch_dir();
+    let p = start_node(&dir.path().join("p"), vec![]).await;
+    let id: CollectionId = on_node(&p, |node| {
+        node.key_gen("ministry").unwrap();
+        node.collection_create("lessons", Some("ministry"))
+            .unwrap()
+            .id
+    })
+    .await
+    .parse()
+    .unwrap();
+    let resource = add_resource(&p, files.path(), 300 * KIB, 7).await;
+    add_to_collection(&p, &[&resource]).await;
+    assert_eq!(publish(&p).await, 1);
+
+    let m_root = dir.path().join("m");
+    Node::open_or_init(&m_root).unwrap();
+    let now = oermesh::bandwidth::local_minute_of_day();
+    let day = 24 * 60;
+    set_sync_hours(&m_root, (now + 120) % day, (now + 180) % day);
+    let m = start_node(&m_root, vec![dial_addr(&p)]).await;
+    wait_until_compatible(&m, p.peer_id()).await;
+    follow(&m, &id).await;
+    wait_until("M says it waits for its sync hours", || async {
+        let view = status(&m, &id).await;
+        view.seq == Some(1)
+            && view
+                .reason
+                .is_some_and(|reason| reason.contains("waiting for the sync hours"))
+    })
+    .await;
+    assert!(!m.node().store().has(&resource.content).unwrap());
+    m.shutdown().await.unwrap();
+
+    set_sync_hours(&m_root, (now + day - 60) % day, (now + 60) % day);
+    let m = start_node(&m_root, vec![dial_addr(&p)]).await;
+    wait_complete(&m, &id, 1, 1).await;
+    assert_identical(&m, &[&resource]).await;
+    m.shutdown().await.unwrap();
+    p.shutdown().await.unwrap();
+}
