@@ -75,6 +75,22 @@ pub struct GossipLabels {
     pub outcome: GossipOutcome,
 }
 
+/// How providing a key to the DHT went.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ProvideOutcome {
+    /// The provider record went to at least one DHT node.
+    Reached,
+    /// The DHT had no node to give it to (the key is provided again when it has one).
+    NoPeers,
+    /// The walk timed out.
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProvideLabels {
+    pub outcome: ProvideOutcome,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CollectionLabels {
     /// The collection id, `<publisher key>/<name>`.
@@ -109,6 +125,11 @@ lower_case_label!(Protocol {
     Oermesh => "oermesh",
     Bitswap => "bitswap",
 });
+lower_case_label!(ProvideOutcome {
+    Reached => "reached",
+    NoPeers => "no_peers",
+    Failed => "failed",
+});
 lower_case_label!(GossipOutcome {
     Accepted => "accepted",
     Rejected => "rejected",
@@ -129,6 +150,7 @@ pub struct MetricSet {
     pub bytes_fetched: Family<ProtocolLabels, Counter>,
     pub fetch_errors: Family<ProtocolLabels, Counter>,
     pub gossip_messages: Family<GossipLabels, Counter>,
+    pub dht_provides: Family<ProvideLabels, Counter>,
     pub peers_connected: Gauge,
     pub blocks_stored: Gauge,
     pub bytes_stored: Gauge,
@@ -182,6 +204,7 @@ impl Metrics {
             bytes_fetched: Family::default(),
             fetch_errors: Family::default(),
             gossip_messages: Family::default(),
+            dht_provides: Family::default(),
             peers_connected: Gauge::default(),
             blocks_stored: Gauge::default(),
             bytes_stored: Gauge::default(),
@@ -231,6 +254,11 @@ impl Metrics {
             "gossip_messages",
             "Gossiped collection heads, by validation outcome",
             set.gossip_messages.clone(),
+        );
+        registry.register(
+            "dht_provides",
+            "Provider records sent into the DHT, by outcome",
+            set.dht_provides.clone(),
         );
         registry.register(
             "peers_connected",

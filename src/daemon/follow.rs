@@ -11,7 +11,8 @@
 //!   a collection, for the newest heads (gossipsub does not replay old messages), and
 //!   announces every head again now and then;
 //! - answers peers' heads and objects requests;
-//! - keeps the DHT's provided keys up to date.
+//! - keeps the DHT's provided keys up to date: the collections and the pinned roots,
+//!   listed again soon after either changes.
 //!
 //! Store and record work runs on the daemon's blocking pool, never on this task; the
 //! jobs in flight are bounded, and while they are at the bound the task stops taking
@@ -45,8 +46,16 @@ const MAX_FETCHES: usize = 4;
 /// Every head known is announced again this often: a node that missed a message
 /// (it was offline, or joined the mesh late) hears it from its neighbours.
 const REBROADCAST: Duration = Duration::from_secs(120);
-/// How often the DHT's provided keys are brought up to date, when something changed.
-const PROVIDE_UPDATE: Duration = Duration::from_secs(60);
+/// How often the follower looks whether the DHT's provided keys need bringing up to
+/// date (a pin or a followed collection changed): content added or published while
+/// the daemon runs is provided within about this.
+const PROVIDE_CHECK: Duration = Duration::from_secs(1);
+/// Listing the provided keys reads every pin: after a listing of N keys the next waits
+/// N times this too, so a long run of pin changes (a mirror fetching 100,000
+/// resources) costs a small, steady share of a core.
+const PROVIDE_WAIT_PER_KEY: Duration = Duration::from_micros(100);
+/// The wait after a listing failed (a damaged repository: `verify` says more).
+const PROVIDE_RETRY: Duration = Duration::from_secs(60);
 /// How often stalled fetches are looked at, the first wait before one is tried
 /// again, and the longest.
 const RETRY_CHECK: Duration = Duration::from_millis(250);
@@ -99,7 +108,12 @@ pub fn spawn(
         pending: HashMap::new(),
         fetching: HashSet::new(),
         jobs: JoinSet::new(),
-        provided_dirty: true,
+        provided: ProvidedKeys {
+            dirty: true,
+            pin_changes: None,
+            listing: false,
+            next_listing: Instant::now(),
+        },
     };
     let task = tokio::spawn(follower.run(inbound, command_queue, shutdown));
     (commands, task)
@@ -118,7 +132,19 @@ struct Follower {
     pending: HashMap<CollectionId, Pending>,
     fetching: HashSet<CollectionId>,
     jobs: JoinSet<Done>,
-    provided_dirty: bool,
+    provided: ProvidedKeys,
+}
+
+/// Whether the keys this node provides in the DHT need listing again.
+struct ProvidedKeys {
+    /// A followed or own collection changed since the last listing.
+    dirty: bool,
+    /// The store's count of pin changes at the last listing.
+    pin_changes: Option<u64>,
+    /// A listing is under way: its keys are not handed on after a newer listing's.
+    listing: bool,
+    /// The earliest time for the next listing.
+    next_listing: Instant,
 }
 
 /// A new version whose entry list and records are being fetched.
@@ -164,7 +190,8 @@ enum Done {
         outcome: Result<AcceptedHead, String>,
     },
     Topics(Vec<CollectionId>),
-    Provided,
+    /// The provided keys were listed (how many; `None` when listing failed).
+    Provided(Option<usize>),
     Other,
 }
 
@@ -189,7 +216,7 @@ impl Follower {
         });
         let mut rebroadcast = tokio::time::interval_at(Instant::now() + REBROADCAST, REBROADCAST);
         rebroadcast.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut provide = tokio::time::interval(PROVIDE_UPDATE);
+        let mut provide = tokio::time::interval(PROVIDE_CHECK);
         provide.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY_CHECK);
         retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -210,10 +237,7 @@ impl Follower {
                     }
                 }
                 _ = rebroadcast.tick() => self.rebroadcast(),
-                _ = provide.tick() => {
-                    self.provided_dirty |= self.mirror.take_pins_changed();
-                    self.update_provided();
-                }
+                _ = provide.tick() => self.update_provided(),
                 _ = retry.tick() => self.start_fetches(),
                 () = &mut stopped => break,
             }
@@ -306,7 +330,7 @@ impl Follower {
         match command {
             FollowCommand::Follow(id) => {
                 self.join(id.clone()).await;
-                self.provided_dirty = true;
+                self.provided.dirty = true;
                 if let Ok(peers) = self.net.peers().await {
                     for peer in peers.into_iter().filter(|p| p.compatible == Some(true)) {
                         self.ask_heads(peer.peer_id, vec![id.clone()]);
@@ -328,7 +352,7 @@ impl Follower {
                     self.topics.remove(&id);
                     self.pending.remove(&id);
                     let _ = self.net.unsubscribe(id).await;
-                    self.provided_dirty = true;
+                    self.provided.dirty = true;
                 }
             }
             FollowCommand::Accepted(id) => {
@@ -348,7 +372,7 @@ impl Follower {
                     }
                     self.join(id.clone()).await;
                 }
-                self.provided_dirty = true;
+                self.provided.dirty = true;
                 self.announce(vec![id]);
             }
         }
@@ -454,7 +478,7 @@ impl Follower {
                 for id in &ids {
                     self.join(id.clone()).await;
                 }
-                self.provided_dirty = true;
+                self.provided.dirty = true;
                 self.update_provided();
                 // Peers that connected while the list was read were asked for nothing.
                 if let Ok(peers) = self.net.peers().await {
@@ -463,7 +487,18 @@ impl Follower {
                     }
                 }
             }
-            Done::Provided | Done::Other => {}
+            Done::Provided(keys) => {
+                self.provided.listing = false;
+                let wait = match keys {
+                    Some(keys) => PROVIDE_WAIT_PER_KEY * u32::try_from(keys).unwrap_or(u32::MAX),
+                    None => {
+                        self.provided.dirty = true;
+                        PROVIDE_RETRY
+                    }
+                };
+                self.provided.next_listing = Instant::now() + wait;
+            }
+            Done::Other => {}
         }
     }
 
@@ -604,7 +639,7 @@ impl Follower {
         match outcome {
             Ok(accepted) => {
                 tracing::info!(%collection, seq = accepted.seq, "new version accepted");
-                self.provided_dirty = true;
+                self.provided.dirty = true;
                 self.mirror.wake();
                 let done = self
                     .pending
@@ -667,23 +702,37 @@ impl Follower {
         self.announce(ids);
     }
 
+    /// Lists the keys to provide again and hands them to the network, when a pin or a
+    /// collection changed since the last listing and that one is done.
     fn update_provided(&mut self) {
-        if !self.provided_dirty {
+        let pin_changes = self.node.store().pin_changes();
+        let pins_changed = self.provided.pin_changes != Some(pin_changes);
+        if !(self.provided.dirty || pins_changed)
+            || self.provided.listing
+            || Instant::now() < self.provided.next_listing
+        {
             return;
         }
-        self.provided_dirty = false;
+        self.provided.dirty = false;
+        self.provided.pin_changes = Some(pin_changes);
+        self.provided.listing = true;
         let node = self.node.clone();
         let net = self.net.clone();
         let pool = self.pool.clone();
         self.jobs.spawn(async move {
-            match pool.run(move || node.provided_keys()).await {
+            let listed = match pool.run(move || node.provided_keys()).await {
                 Ok(Ok(keys)) => {
+                    let count = keys.len();
                     let _ = net.set_provided(keys).await;
+                    Some(count)
                 }
-                Ok(Err(err)) => tracing::warn!(err = %one_line(&err), "provided keys not listed"),
-                Err(_) => {}
-            }
-            Done::Provided
+                Ok(Err(err)) => {
+                    tracing::warn!(err = %one_line(&err), "provided keys not listed");
+                    None
+                }
+                Err(_) => None,
+            };
+            Done::Provided(listed)
         });
     }
 }

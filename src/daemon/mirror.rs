@@ -16,7 +16,6 @@
 //! missing, again after a wait that grows while nothing changes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,20 +62,12 @@ pub struct MirrorHandle {
 struct Shared {
     wake: Notify,
     states: Mutex<HashMap<CollectionId, SyncState>>,
-    /// Set when resources were pinned or let go, so that the DHT's provided keys are
-    /// brought up to date.
-    pins_changed: AtomicBool,
 }
 
 impl MirrorHandle {
     /// Asks for a pass soon (a version accepted, a follow changed).
     pub fn wake(&self) {
         self.shared.wake.notify_one();
-    }
-
-    /// Whether pins changed since the last call.
-    pub fn take_pins_changed(&self) -> bool {
-        self.shared.pins_changed.swap(false, Ordering::Relaxed)
     }
 
     pub fn state(&self, id: &CollectionId) -> Option<SyncState> {
@@ -224,13 +215,7 @@ impl Mirror {
                 .run(move || node.release_share(&release_id, &release))
                 .await
             {
-                Ok(Ok(())) => {
-                    self.handle
-                        .shared
-                        .pins_changed
-                        .store(true, Ordering::Relaxed);
-                    self.group.holdings_changed();
-                }
+                Ok(Ok(())) => self.group.holdings_changed(),
                 Ok(Err(err)) => {
                     tracing::warn!(collection = %id, err = %one_line(&err), "share not let go")
                 }
@@ -306,10 +291,6 @@ impl Mirror {
             .collect()
             .await;
         let mut failures: Vec<(Cid, String)> = Vec::new();
-        self.handle
-            .shared
-            .pins_changed
-            .store(true, Ordering::Relaxed);
         self.group.holdings_changed();
         for (root, result) in results {
             match result {

@@ -20,6 +20,7 @@ mod write;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cid::Cid;
@@ -138,6 +139,9 @@ struct Inner {
     /// Held by gc and verify: each reads the whole index and must not see the other's
     /// half-done work.
     maintenance: Mutex<()>,
+    /// Counts changes to the pins since the store was opened: a daemon task that acts
+    /// on the set of pins (providing them to the DHT) looks at this instead of the pins.
+    pin_changes: AtomicU64,
 }
 
 /// How long opening waits for sled's lock to be released by a handle just dropped.
@@ -183,6 +187,7 @@ impl Store {
                 dir,
                 gate: Gate::default(),
                 maintenance: Mutex::new(()),
+                pin_changes: AtomicU64::new(0),
             }),
         };
         store.count_if_uncounted()?;
@@ -311,7 +316,14 @@ impl Store {
                 }
             })?;
         self.inner.pins.flush()?;
+        self.inner.pin_changes.fetch_add(1, Ordering::Relaxed);
         Ok(left)
+    }
+
+    /// How many times a pin was added, changed or removed through this store since it
+    /// was opened: equal numbers mean the same pins.
+    pub fn pin_changes(&self) -> u64 {
+        self.inner.pin_changes.load(Ordering::Relaxed)
     }
 
     pub fn pin_reasons(&self, cid: &Cid) -> Result<Vec<String>, StoreError> {

@@ -30,6 +30,7 @@ mod car;
 mod cli;
 mod concurrency;
 mod daemon;
+mod dht;
 mod exchange;
 mod fixture;
 mod gateway;

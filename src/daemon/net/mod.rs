@@ -30,7 +30,7 @@ use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::metrics::{GossipLabels, GossipOutcome, Metrics};
+use crate::metrics::{GossipLabels, GossipOutcome, Metrics, ProvideLabels, ProvideOutcome};
 use crate::records::CollectionId;
 use behaviour::{NodeBehaviour, NodeBehaviourEvent, BAN_SCORE};
 pub use peers::{compatible, Discovery, PeerInfo, PROTOCOL_VERSION};
@@ -614,6 +614,8 @@ struct Providing {
     schedule: BTreeSet<(Instant, Vec<u8>)>,
     in_flight: HashSet<kad::QueryId>,
     last_start: Option<Instant>,
+    /// Provided keys whose last provide reached no DHT node; a subset of `due_at`.
+    unreached: HashSet<Vec<u8>>,
 }
 
 impl Providing {
@@ -625,6 +627,7 @@ impl Providing {
     }
 
     fn unschedule(&mut self, key: &[u8]) {
+        self.unreached.remove(key);
         if let Some(old) = self.due_at.remove(key) {
             self.schedule.remove(&(old, key.to_vec()));
         }
@@ -1366,12 +1369,24 @@ impl EventLoop {
                 peer,
                 is_new_peer: true,
                 ..
-            } => self.emit(NetEvent::Discovered {
-                peer_id: peer,
-                via: Discovery::Dht,
-            }),
+            } => {
+                self.emit(NetEvent::Discovered {
+                    peer_id: peer,
+                    via: Discovery::Dht,
+                });
+                // Keys provided while the DHT had no node reached nobody: a node that
+                // starts before its peers (or alone) provides them now, not 22 hours
+                // later.
+                let now = Instant::now();
+                for key in std::mem::take(&mut self.providing.unreached) {
+                    self.providing.schedule(key, now);
+                }
+            }
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
                     providers,
@@ -1380,9 +1395,7 @@ impl EventLoop {
                 kad::QueryResult::GetProviders(_) if step.last => self.provider_lookup_ended(id),
                 kad::QueryResult::StartProviding(result) => {
                     self.providing.in_flight.remove(&id);
-                    if let Err(err) = result {
-                        tracing::debug!(?err, "providing did not reach the DHT");
-                    }
+                    self.provided(result, stats.num_successes() > 0);
                 }
                 _ => {}
             },
@@ -1492,6 +1505,28 @@ impl EventLoop {
             if !self.providing.due_at.contains_key(&key) {
                 self.providing.schedule(key, now);
             }
+        }
+    }
+
+    /// Notes how a provide went: one that reached no DHT node is done again when the
+    /// routing table gains a node.
+    fn provided(&mut self, result: kad::AddProviderResult, reached: bool) {
+        let key = match &result {
+            Ok(ok) => &ok.key,
+            Err(err) => err.key(),
+        };
+        let outcome = match (&result, reached) {
+            (Ok(_), true) => ProvideOutcome::Reached,
+            (Ok(_), false) => ProvideOutcome::NoPeers,
+            (Err(_), _) => ProvideOutcome::Failed,
+        };
+        tracing::debug!(?outcome, "provide finished");
+        self.metrics
+            .dht_provides
+            .get_or_create(&ProvideLabels { outcome })
+            .inc();
+        if !reached && self.providing.due_at.contains_key(key.as_ref()) {
+            self.providing.unreached.insert(key.to_vec());
         }
     }
 
