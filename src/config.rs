@@ -93,6 +93,12 @@ max_header_bytes = 16384
 max_ranges = 16
 # Seconds a request waits for a block from peers before answering 504.
 fetch_timeout_secs = 30
+# Requests one client (an IP address; for IPv6 its /64) may make: this many a second,
+# with bursts of up to request_burst_per_client. More are answered 429 with the
+# seconds to wait. The page's style sheet and script are not counted. 0: no limit
+# (a school whose browsers all reach the server through one proxy address).
+requests_per_second_per_client = 50
+request_burst_per_client = 500
 
 [group]
 # A replication group: nodes (a school district, a national mirror set) that share
@@ -198,6 +204,8 @@ pub struct GatewaySection {
     pub max_header_bytes: usize,
     pub max_ranges: usize,
     pub fetch_timeout_secs: u64,
+    pub requests_per_second_per_client: u32,
+    pub request_burst_per_client: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -240,6 +248,8 @@ impl Default for GatewaySection {
             max_header_bytes: 16 * 1024,
             max_ranges: 16,
             fetch_timeout_secs: 30,
+            requests_per_second_per_client: 50,
+            request_burst_per_client: 500,
         }
     }
 }

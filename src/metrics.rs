@@ -157,6 +157,9 @@ pub struct MetricSet {
     /// Bytes of a followed collection held locally, and its total.
     pub sync_bytes_held: Family<CollectionLabels, Gauge>,
     pub sync_bytes_total: Family<CollectionLabels, Gauge>,
+    /// Resources of a followed collection complete here, and its total.
+    pub sync_resources_complete: Family<CollectionLabels, Gauge>,
+    pub sync_resources_total: Family<CollectionLabels, Gauge>,
     pub search_queries: Counter,
     pub search_duration: Histogram,
     /// Records in the search index.
@@ -210,6 +213,8 @@ impl Metrics {
             bytes_stored: Gauge::default(),
             sync_bytes_held: Family::default(),
             sync_bytes_total: Family::default(),
+            sync_resources_complete: Family::default(),
+            sync_resources_total: Family::default(),
             search_queries: Counter::default(),
             search_duration: latency_histogram(),
             search_documents: Gauge::default(),
@@ -286,6 +291,16 @@ impl Metrics {
             set.sync_bytes_total.clone(),
         );
         registry.register(
+            "sync_resources_complete",
+            "Resources of each followed collection's newest version whose whole DAG is held locally",
+            set.sync_resources_complete.clone(),
+        );
+        registry.register(
+            "sync_resources_total",
+            "Resources of each followed collection's newest version, retracted ones left out",
+            set.sync_resources_total.clone(),
+        );
+        registry.register(
             "search_queries",
             "Searches answered",
             set.search_queries.clone(),
@@ -305,6 +320,40 @@ impl Metrics {
                 set,
                 registry: Mutex::new(registry),
             }),
+        }
+    }
+
+    /// Sets the sync progress of every collection followed with its content (id,
+    /// progress); collections no longer listed lose their series.
+    pub fn set_sync_progress<'a>(
+        &self,
+        collections: impl IntoIterator<Item = (&'a str, &'a crate::node::views::ContentProgress)>,
+    ) {
+        let set = &self.inner.set;
+        let families = [
+            &set.sync_bytes_held,
+            &set.sync_bytes_total,
+            &set.sync_resources_complete,
+            &set.sync_resources_total,
+        ];
+        for family in families {
+            family.clear();
+        }
+        for (id, progress) in collections {
+            let labels = CollectionLabels {
+                collection: id.to_string(),
+            };
+            let figures = [
+                progress.bytes_held,
+                progress.bytes_total,
+                progress.complete,
+                progress.resources,
+            ];
+            for (family, figure) in families.iter().zip(figures) {
+                family
+                    .get_or_create(&labels)
+                    .set(i64::try_from(figure).unwrap_or(i64::MAX));
+            }
         }
     }
 

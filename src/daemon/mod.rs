@@ -338,6 +338,7 @@ impl Daemon {
                 client.clone(),
                 Some(bitswap.clone()),
                 exchange_config,
+                metrics.clone(),
                 shutdown_signal.clone(),
             )?;
             Ok((bitswap, bitswap_task, exchange, exchange_task))

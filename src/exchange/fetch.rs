@@ -39,6 +39,7 @@ use super::wire::{self, BlockFrame, ByteRange, Frame, Request, Scope, Status};
 use super::{lock, Exchange, Shared};
 use crate::bandwidth::Throttle;
 use crate::block::{self, codec, hash_code, BlockError, BlockGet, BlockPut};
+use crate::metrics::Protocol;
 use crate::store::{GcHold, Store, StoreError, WriteBatch};
 use crate::unixfs::pb::PbNode;
 use crate::unixfs::reader::{self, ReadError};
@@ -195,6 +196,14 @@ impl Exchange {
                 wire::MAX_PATH_BYTES
             )));
         }
+        let fetched = self.fetch_counted(request).await;
+        if let Err(FetchError::NotFound { .. }) = fetched {
+            self.shared.count_fetch_error(Protocol::Oermesh);
+        }
+        fetched
+    }
+
+    async fn fetch_counted(&self, request: FetchRequest) -> Result<Fetched, FetchError> {
         let mut session = Session::new(self.shared.clone(), &request);
         let head = session.head(&request).await?;
         let target = Item {
@@ -471,6 +480,13 @@ impl Session {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
+        if matches!(failure, Failure::Violation(_) | Failure::Stream(_)) {
+            self.shared.count_fetch_error(if state.bitswap {
+                Protocol::Bitswap
+            } else {
+                Protocol::Oermesh
+            });
+        }
         match failure {
             Failure::Violation(reason) => {
                 state.usable = false;
@@ -531,18 +547,21 @@ impl Session {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             };
-            let reply = match (&self.shared.bitswap, self.peers.get(&peer)) {
-                (Some(bitswap), Some(state)) if state.bitswap => {
-                    self.head_from_bitswap(bitswap, peer, request).await
-                }
-                _ => self.head_from(peer, request).await,
+            let (reply, protocol) = match (&self.shared.bitswap, self.peers.get(&peer)) {
+                (Some(bitswap), Some(state)) if state.bitswap => (
+                    self.head_from_bitswap(bitswap, peer, request).await,
+                    Protocol::Bitswap,
+                ),
+                _ => (self.head_from(peer, request).await, Protocol::Oermesh),
             };
             match reply {
                 Ok(HeadReply::Found(head)) => {
                     self.last_progress = Instant::now();
-                    if let Some(progress) = &self.progress {
-                        for (_, data) in &head.received {
-                            progress.add(peer, data.len() as u64);
+                    for (_, data) in &head.received {
+                        let bytes = data.len() as u64;
+                        self.shared.count_fetched(protocol, bytes);
+                        if let Some(progress) = &self.progress {
+                            progress.add(peer, bytes);
                         }
                     }
                     return Ok(head);
@@ -1130,6 +1149,7 @@ impl Requested {
                             (item, stored)
                         }));
                     }
+                    shared.count_fetched(Protocol::Oermesh, bytes);
                     if let Some(progress) = &self.progress {
                         progress.add(self.peer, bytes);
                     }

@@ -29,6 +29,7 @@ use crate::bandwidth::Bandwidth;
 use crate::bitswap::Bitswap;
 use crate::daemon::net;
 use crate::daemon::pool::BlockingPool;
+use crate::metrics::{Metrics, Protocol, ProtocolLabels};
 use crate::store::Store;
 
 pub use fetch::{FetchError, FetchProgress, FetchRequest, Fetched};
@@ -78,6 +79,8 @@ pub(crate) struct Shared {
     load: Mutex<serve::Load>,
     /// Per peer, the requests this node may have open to it at once.
     slots: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    /// Bytes served and fetched, and failed fetches, by protocol.
+    metrics: Metrics,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +96,7 @@ pub fn start(
     net: net::Client,
     bitswap: Option<Bitswap>,
     config: ExchangeConfig,
+    metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Exchange, JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
     let mut control = net.stream_control();
@@ -108,6 +112,7 @@ pub fn start(
         penalties: Mutex::default(),
         load: Mutex::default(),
         slots: Mutex::default(),
+        metrics,
     });
     let task = tokio::spawn(serve::accept_loop(incoming, shared.clone(), shutdown));
     Ok((Exchange { shared }, task))
@@ -198,6 +203,32 @@ impl Shared {
         tokio::spawn(async move {
             let _ = net.disconnect(peer).await;
         });
+    }
+
+    /// Counts block bytes received from a peer over `protocol`.
+    fn count_fetched(&self, protocol: Protocol, bytes: u64) {
+        self.metrics
+            .bytes_fetched
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc_by(bytes);
+    }
+
+    /// Counts a request to a peer that failed, or a fetch that gave up.
+    fn count_fetch_error(&self, protocol: Protocol) {
+        self.metrics
+            .fetch_errors
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc();
+    }
+
+    /// Counts block bytes sent to a peer over the block exchange.
+    fn count_served(&self, bytes: u64) {
+        self.metrics
+            .bytes_served
+            .get_or_create(&ProtocolLabels {
+                protocol: Protocol::Oermesh,
+            })
+            .inc_by(bytes);
     }
 
     /// The slots for requests to `peer`.

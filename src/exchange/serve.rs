@@ -217,8 +217,11 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, mut stream: Stream, mut
     let mut writer = Deadline {
         inner: BufWriter::with_capacity(64 * 1024, &mut stream),
         upload: shared.config.bandwidth.upload.clone(),
+        block_bytes: 0,
     };
-    match respond(&shared, &mut writer, request).await {
+    let responded = respond(&shared, &mut writer, request).await;
+    shared.count_served(writer.block_bytes);
+    match responded {
         Ok(()) => {
             let _ = writer.flush().await;
             drop(writer);
@@ -266,6 +269,8 @@ pub fn check_request(request: &Request) -> Result<(), String> {
 struct Deadline<W> {
     inner: W,
     upload: Throttle,
+    /// Block bytes written so far.
+    block_bytes: u64,
 }
 
 impl<W: AsyncWrite + Unpin> Deadline<W> {
@@ -275,7 +280,9 @@ impl<W: AsyncWrite + Unpin> Deadline<W> {
 
     async fn block(&mut self, cid: &Cid, data: &[u8]) -> std::io::Result<()> {
         self.upload.spend(data.len()).await;
-        within(WRITE_STALL, wire::write_block(&mut self.inner, cid, data)).await
+        within(WRITE_STALL, wire::write_block(&mut self.inner, cid, data)).await?;
+        self.block_bytes += data.len() as u64;
+        Ok(())
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

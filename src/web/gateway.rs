@@ -40,7 +40,10 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 const CSP_TRUSTED: &str = "frame-ancestors 'self'";
 const CSP_SANDBOX: &str = "sandbox; frame-ancestors 'self'";
 /// Bumped when the generated folder listing changes, so caches drop old ones.
-const DIR_INDEX_VERSION: &str = "oermesh-1";
+const DIR_INDEX_VERSION: &str = "oermesh-2";
+/// Entries on one page of a folder listing: a folder of any size costs one page of
+/// entries (and, sharded, one shard node per level) per request.
+pub const LISTING_PAGE: usize = 500;
 const X_IPFS_PATH: HeaderName = HeaderName::from_static("x-ipfs-path");
 const X_IPFS_ROOTS: HeaderName = HeaderName::from_static("x-ipfs-roots");
 const CAR_TYPE: &str = "application/vnd.ipld.car";
@@ -153,6 +156,9 @@ enum Format {
     Car,
 }
 
+/// The longest entry name `?after=` takes: longer than any file system allows.
+const MAX_ENTRY_NAME: usize = 1024;
+
 /// The query parameters the gateway reads; others are ignored.
 #[derive(Debug, Default)]
 struct Params {
@@ -161,6 +167,8 @@ struct Params {
     download: bool,
     dag_scope: Option<DagScope>,
     entity_bytes: Option<EntityBytes>,
+    /// A folder listing's page: the entries after the one of this name.
+    after: Option<String>,
 }
 
 impl Params {
@@ -182,6 +190,14 @@ impl Params {
                     params.filename = Some(value.into_owned());
                 }
                 "download" => params.download = value == "true",
+                "after" => {
+                    if value.len() > MAX_ENTRY_NAME || value.chars().any(char::is_control) {
+                        return Err(GatewayError::BadRequest(format!(
+                            "after must be an entry name (no control characters, at most {MAX_ENTRY_NAME} bytes)"
+                        )));
+                    }
+                    params.after = Some(value.into_owned());
+                }
                 "dag-scope" => {
                     params.dag_scope = Some(match value.as_ref() {
                         "block" => DagScope::Block,
@@ -1023,15 +1039,22 @@ fn plan_listing(
     cid: Cid,
     ipfs_roots: &str,
 ) -> Result<Plan, GatewayError> {
-    let etag = format!("\"DirIndex-{DIR_INDEX_VERSION}_CID-{cid}\"");
+    let after = ask.params.after.as_deref();
+    // Each page is its own representation; the name it starts after may be any
+    // text, so the tag carries a digest of it.
+    let page_tag = after.map_or_else(String::new, |name| {
+        format!("_after-{}", hex(&Sha256::digest(name.as_bytes())[..8]))
+    });
+    let etag = format!("\"DirIndex-{DIR_INDEX_VERSION}_CID-{cid}{page_tag}\"");
     let mut headers = base_headers(&etag, policy);
     set(&mut headers, X_IPFS_PATH, &ask.raw_path);
     set(&mut headers, X_IPFS_ROOTS, ipfs_roots);
     if matches_etag(&ask.headers, &etag) {
         return Ok(not_modified(headers));
     }
-    let entries = reader::list_dir(blocks, &cid).map_err(|err| read_error(err, blocks))?;
-    let html = super::pages::directory_listing(app, &ask.path, &cid, &entries);
+    let page = reader::list_dir_page(blocks, &cid, after, LISTING_PAGE)
+        .map_err(|err| read_error(err, blocks))?;
+    let html = super::pages::directory_listing(app, &ask.path, &cid, &page, after.is_some());
     // The listing is this node's own page, with its own policy.
     headers.remove(header::CONTENT_SECURITY_POLICY);
     set(

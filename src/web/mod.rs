@@ -19,6 +19,7 @@ pub mod mime;
 pub mod pages;
 pub mod path;
 pub mod range;
+pub mod rate;
 pub mod search;
 pub mod server;
 pub mod status;
@@ -53,6 +54,9 @@ pub struct WebConfig {
     pub limits: HttpLimits,
     pub max_ranges: usize,
     pub fetch_timeout: Duration,
+    /// Requests a client may make a second (0: no limit), and in a burst.
+    pub requests_per_second_per_client: u32,
+    pub request_burst_per_client: u32,
 }
 
 impl From<&GatewaySection> for WebConfig {
@@ -67,6 +71,8 @@ impl From<&GatewaySection> for WebConfig {
             },
             max_ranges: section.max_ranges,
             fetch_timeout: Duration::from_secs(section.fetch_timeout_secs),
+            requests_per_second_per_client: section.requests_per_second_per_client,
+            request_burst_per_client: section.request_burst_per_client,
         }
     }
 }
@@ -112,6 +118,7 @@ pub struct App {
     pub config: WebConfig,
     pub search: search::SearchIndex,
     status: status::StatusCache,
+    rate_limit: rate::RateLimit,
 }
 
 impl App {
@@ -124,7 +131,12 @@ impl App {
             RecordBook::open(store.db(), store.clone(), TrustedPublishers::none())?,
             parts.metrics.clone(),
         )?;
+        let rate_limit = rate::RateLimit::new(
+            parts.config.requests_per_second_per_client,
+            parts.config.request_burst_per_client,
+        );
         Ok(Arc::new(App {
+            rate_limit,
             peer_id: parts.peer_id,
             node: parts.node,
             blocks: BlockSource::new(store, parts.fetcher, parts.config.fetch_timeout),
@@ -190,12 +202,18 @@ fn route_of(path: &str) -> Route {
     }
 }
 
-/// Refuses writes and malformed paths before any handler runs, and counts every
-/// request by route and status.
+/// Refuses clients over their request rate, writes and malformed paths before any
+/// handler runs, and counts every request by route and status.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut route = route_of(request.uri().path());
-    let response = if request.method() != Method::GET && request.method() != Method::HEAD {
+    let over_rate = match request.extensions().get::<server::ClientAddr>() {
+        Some(client) if route != Route::Asset => app.rate_limit.check(client.0.ip()).err(),
+        _ => None,
+    };
+    let response = if let Some(wait) = over_rate {
+        too_many_requests(wait)
+    } else if request.method() != Method::GET && request.method() != Method::HEAD {
         route = Route::Other;
         let mut response = gateway::text_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -222,6 +240,19 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         .http_request_duration
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The answer to a client over its request rate: how long to wait, in whole seconds.
+fn too_many_requests(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = gateway::text_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("too many requests from your address; try again in {seconds} s"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
 }
 
@@ -271,6 +302,13 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     }
     if let Some(network) = app.status.network(&app).await {
         app.metrics.peers_connected.set(network.0.len() as i64);
+    }
+    let node = app.node.clone();
+    if let Ok(Ok(rows)) = tokio::task::spawn_blocking(move || node.follow_list()).await {
+        app.metrics.set_sync_progress(
+            rows.iter()
+                .filter_map(|row| Some((row.id.as_str(), row.content.as_ref()?))),
+        );
     }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

@@ -1052,3 +1052,140 @@ async fn content_asked_of_peers_in_vain_is_504_and_only_if_cached_is_412() {
     stop.send(true).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The names of the `sheet-` entries a folder listing page shows.
+fn sheets_on(html: &str) -> Vec<String> {
+    html.split("dir=\"auto\">")
+        .skip(1)
+        .filter_map(|rest| rest.split('<').next())
+        .filter(|name| name.starts_with("sheet-"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_folder_of_10000_entries_is_listed_a_page_at_a_time() {
+    use oermesh::unixfs::importer::{build_directory, DirLink};
+    let dir = tempfile::tempdir().unwrap();
+    let node = fixture::node(&dir.path().join("repo"));
+    let batch = node.store().batch();
+    let links: Vec<DirLink> = (0..10_000)
+        .map(|i| {
+            let data = format!("worksheet {i}");
+            let cid = oermesh::block::cid_v1(oermesh::block::codec::RAW, data.as_bytes());
+            batch.put_block(&cid, data.as_bytes()).unwrap();
+            DirLink {
+                name: format!("sheet-{i:05}.txt"),
+                cid,
+                tsize: data.len() as u64,
+            }
+        })
+        .collect();
+    let folder = build_directory(links, &Default::default(), &batch)
+        .unwrap()
+        .cid;
+    batch.commit_and_pin(&[folder], "user").unwrap();
+    let daemon = fixture::start(node).await;
+    let addr = daemon.http_addr();
+
+    let mut seen = HashSet::new();
+    let mut tags = HashSet::new();
+    let mut target = format!("/ipfs/{folder}/");
+    let mut pages = 0;
+    let last = loop {
+        let page = get(addr, &target).await;
+        assert_eq!(page.status, 200, "{target}: {}", page.text());
+        assert!(
+            page.body.len() < 512 * 1024,
+            "a page of {} bytes",
+            page.body.len()
+        );
+        let tag = page.header("etag").unwrap().to_string();
+        assert!(tags.insert(tag.clone()), "every page has its own tag");
+        let html = page.text();
+        let names = sheets_on(&html);
+        assert!(
+            !names.is_empty() && names.len() <= 500,
+            "{} entries on a page",
+            names.len()
+        );
+        for name in names {
+            assert!(seen.insert(name.clone()), "{name} shown twice");
+        }
+        pages += 1;
+        let next = html
+            .split("href=\"./?")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(|query| query.replace("&amp;", "&"));
+        match next {
+            Some(query) => target = format!("/ipfs/{folder}/?{query}"),
+            None => break (target, tag),
+        }
+        assert!(pages <= 20, "more pages than 10,000 entries fill");
+    };
+    assert_eq!(seen.len(), 10_000, "every entry, each once");
+    assert_eq!(pages, 20);
+
+    // A later page is revalidated by its own tag; a bad `after` is refused.
+    let (target, tag) = last;
+    let cached = request(addr, "GET", &target, &[("If-None-Match", tag.as_str())]).await;
+    assert_eq!(cached.status, 304);
+    let bad = get(addr, &format!("/ipfs/{folder}/?after=%01")).await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_requests_is_answered_429_while_another_is_served() {
+    use crate::http::get_from;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    drop(fixture::node(&root));
+    fixture::set_gateway_config(
+        &root,
+        &[
+            ("requests_per_second_per_client", "1"),
+            ("request_burst_per_client", "20"),
+        ],
+    );
+    let daemon = fixture::start(fixture::node(&root)).await;
+    let addr = daemon.http_addr();
+    let flooder: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+
+    // A slow machine only lets the flood refill fewer requests: it is refused all
+    // the same, after its burst.
+    let mut served = 0;
+    let refused = loop {
+        let response = get_from(flooder, addr, "/").await;
+        if response.status == 429 {
+            break response;
+        }
+        assert_eq!(response.status, 200, "{}", response.text());
+        served += 1;
+        assert!(
+            served < 10_000,
+            "a flood of {served} requests was never refused"
+        );
+    };
+    assert!(served >= 20, "the burst was served first: {served}");
+    let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+    assert!(refused.text().contains("too many requests"));
+
+    // Another client is served meanwhile, and the page's style sheet is not counted.
+    assert_eq!(get_from(other, addr, "/").await.status, 200);
+    assert_eq!(
+        get_from(flooder, addr, "/assets/style.css").await.status,
+        200
+    );
+    let metrics = get_from(other, addr, "/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("oermesh_http_requests_total{route=\"page\",status=\"429\"} ")),
+        "{metrics}"
+    );
+    daemon.shutdown().await.unwrap();
+}

@@ -40,6 +40,7 @@ mod group;
 mod http;
 mod interop;
 mod lan;
+mod metrics;
 mod network;
 mod publishing;
 mod records;

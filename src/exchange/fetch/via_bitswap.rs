@@ -22,6 +22,7 @@ use super::{
 use crate::bitswap::{wire::WantType, Answer, Bitswap, BitswapError};
 use crate::exchange::walk::Item;
 use crate::exchange::Shared;
+use crate::metrics::Protocol;
 
 impl Session {
     /// The head from a bitswap peer: the path is resolved here, one block at a time,
@@ -138,6 +139,7 @@ impl Requested {
             let bytes = data.len() as u64;
             self.received.fetch_add(bytes, Ordering::Relaxed);
             sink.frames.fetch_add(1, Ordering::Relaxed);
+            shared.count_fetched(Protocol::Bitswap, bytes);
             if let Some(progress) = &self.progress {
                 progress.add(self.peer, bytes);
             }

@@ -65,6 +65,15 @@ pub fn list_dir<B: BlockGet + Sync + ?Sized>(
     cid: &Cid,
 ) -> Result<Vec<DirEntry>, ReadError> {
     let links = directory_links(store, cid, load(store, cid)?, 0)?;
+    entries_of(store, links)
+}
+
+/// Each link's entry: a dag-pb entry's root block is read (in parallel) to learn its
+/// kind and size.
+fn entries_of<B: BlockGet + Sync + ?Sized>(
+    store: &B,
+    links: Vec<NamedLink>,
+) -> Result<Vec<DirEntry>, ReadError> {
     links
         .into_par_iter()
         .map(|link| {
@@ -82,6 +91,129 @@ pub fn list_dir<B: BlockGet + Sync + ?Sized>(
             })
         })
         .collect()
+}
+
+/// One page of a directory's entries (see [`list_dir_page`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirPage {
+    pub entries: Vec<DirEntry>,
+    /// The name to ask for the next page after, when more entries follow.
+    pub next: Option<String>,
+    /// Whether the directory is HAMT-sharded: its pages then follow the shards' order
+    /// (by a hash of the names), not the names' order.
+    pub sharded: bool,
+    /// The number of entries in the whole directory, for a plain one; a sharded one
+    /// would have to be read whole to count them.
+    pub total: Option<usize>,
+}
+
+/// At most `limit` entries of the directory `cid` after the entry named `after` (from
+/// the first without it). A plain directory is one block, sorted by name; a sharded
+/// one is read shard by shard, only as far as the page reaches, skipping the buckets
+/// before `after`'s, so a page of a folder of millions of entries holds one page of
+/// entries and one shard node per level, whatever page it is.
+pub fn list_dir_page<B: BlockGet + Sync + ?Sized>(
+    store: &B,
+    cid: &Cid,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<DirPage, ReadError> {
+    let limit = limit.max(1);
+    let node = load(store, cid)?;
+    let (mut links, sharded, total) = match node {
+        Node::Hamt(shard) => {
+            let mut page = Vec::with_capacity(limit + 1);
+            shard_page(store, cid, shard, 0, after, limit + 1, &mut page)?;
+            (page, true, None)
+        }
+        node => {
+            let links = directory_links(store, cid, node, 0)?;
+            let total = links.len();
+            let page: Vec<NamedLink> = links
+                .into_iter()
+                .filter(|link| after.is_none_or(|after| link.name.as_str() > after))
+                .take(limit + 1)
+                .collect();
+            (page, false, Some(total))
+        }
+    };
+    let more = links.len() > limit;
+    links.truncate(limit);
+    let next = more
+        .then(|| links.last().map(|link| link.name.clone()))
+        .flatten();
+    Ok(DirPage {
+        entries: entries_of(store, links)?,
+        next,
+        sharded,
+        total,
+    })
+}
+
+/// Adds to `page` the entries of a shard node (and its sub-shards, depth first) that
+/// come after the entry named `after`, until `page` holds `wanted`. An entry's place is
+/// its bucket at each level, so the buckets before `after`'s at this level are skipped
+/// unread, its own bucket is followed down (or, holding an entry, skipped: that is
+/// where `after` itself sits), and the ones after it are read in full.
+fn shard_page<B: BlockGet + ?Sized>(
+    store: &B,
+    cid: &Cid,
+    shard: HamtShard,
+    depth: usize,
+    after: Option<&str>,
+    wanted: usize,
+    page: &mut Vec<NamedLink>,
+) -> Result<(), ReadError> {
+    if depth > MAX_DEPTH {
+        return Err(ReadError::TooDeep {
+            cid: *cid,
+            limit: MAX_DEPTH,
+        });
+    }
+    let bits = hamt::fanout_bits(shard.fanout)
+        .ok_or_else(|| malformed(cid, hamt::ShardError::Fanout(shard.fanout).to_string()))?;
+    let after_bucket = after.map(|name| hamt::bucket_index(name, depth, bits));
+    for link in shard.links {
+        if page.len() >= wanted {
+            break;
+        }
+        let label = link
+            .name
+            .as_deref()
+            .ok_or_else(|| malformed(cid, hamt::ShardError::UnnamedLink.to_string()))?;
+        let (index, entry_name) = hamt::split_label(label, shard.fanout)
+            .map_err(|err| malformed(cid, err.to_string()))?;
+        let below = match after_bucket {
+            Some(bucket) if index < bucket => continue,
+            Some(bucket) if index == bucket => {
+                if !entry_name.is_empty() {
+                    continue;
+                }
+                after
+            }
+            _ => None,
+        };
+        if entry_name.is_empty() {
+            match load(store, &link.cid)? {
+                Node::Hamt(child) => {
+                    shard_page(store, &link.cid, child, depth + 1, below, wanted, page)?
+                }
+                _ => {
+                    return Err(malformed(
+                        &link.cid,
+                        "HAMT sub-shard link to a non-shard node",
+                    ))
+                }
+            }
+        } else {
+            page.push(NamedLink {
+                name: entry_name.to_string(),
+                cid: link.cid,
+                tsize: link.tsize,
+            });
+        }
+    }
+    Ok(())
 }
 
 pub(super) struct NamedLink {
@@ -343,5 +475,82 @@ mod tests {
             .map(|entry| entry.name)
             .collect();
         assert_eq!(listed, [name]);
+    }
+
+    /// Pages through the directory `cid` `limit` entries at a time; returns the names in
+    /// page order and the largest page.
+    fn every_page(store: &MemoryBlocks, cid: &Cid, limit: usize) -> (Vec<String>, usize) {
+        let mut names = Vec::new();
+        let mut largest = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = list_dir_page(store, cid, after.as_deref(), limit).unwrap();
+            largest = largest.max(page.entries.len());
+            names.extend(page.entries.into_iter().map(|entry| entry.name));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return (names, largest),
+            }
+        }
+    }
+
+    fn directory_of(store: &MemoryBlocks, count: usize) -> Cid {
+        let links = (0..count)
+            .map(|i| {
+                let name = format!("entry-{i:05}.txt");
+                crate::unixfs::importer::DirLink {
+                    cid: put_raw(store, &name),
+                    name,
+                    tsize: 1,
+                }
+            })
+            .collect();
+        crate::unixfs::importer::build_directory(
+            links,
+            &crate::unixfs::profile::Profile::default(),
+            store,
+        )
+        .unwrap()
+        .cid
+    }
+
+    #[test]
+    fn a_sharded_directory_pages_through_every_entry_once() {
+        let store = MemoryBlocks::new();
+        let cid = directory_of(&store, 6000);
+        let first = list_dir_page(&store, &cid, None, 100).unwrap();
+        assert!(first.sharded);
+        assert_eq!(first.total, None);
+        let (names, largest) = every_page(&store, &cid, 100);
+        assert_eq!(largest, 100);
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 6000, "every entry once");
+        let all: Vec<String> = list_dir(&store, &cid)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
+        assert_eq!(sorted, all);
+        // A name that is no entry still leads on, from where it would sit.
+        assert!(list_dir_page(&store, &cid, Some("no such entry"), 10).is_ok());
+    }
+
+    #[test]
+    fn a_plain_directory_pages_in_name_order() {
+        let store = MemoryBlocks::new();
+        let cid = directory_of(&store, 25);
+        let first = list_dir_page(&store, &cid, None, 10).unwrap();
+        assert!(!first.sharded);
+        assert_eq!(first.total, Some(25));
+        assert_eq!(first.next.as_deref(), Some("entry-00009.txt"));
+        let (names, largest) = every_page(&store, &cid, 10);
+        assert_eq!(largest, 10);
+        let expected: Vec<String> = (0..25).map(|i| format!("entry-{i:05}.txt")).collect();
+        assert_eq!(names, expected);
+        let last = list_dir_page(&store, &cid, Some("entry-00019.txt"), 10).unwrap();
+        assert_eq!(last.entries.len(), 5);
+        assert_eq!(last.next, None);
     }
 }

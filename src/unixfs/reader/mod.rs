@@ -29,7 +29,7 @@ use cid::Cid;
 
 use crate::block::BlockError;
 
-pub use dir::{list_dir, resolve};
+pub use dir::{list_dir, list_dir_page, resolve, DirPage};
 pub use file::{read_file, read_range};
 pub use node::{file_layout, stat, FileLayout};
 pub use tree::get_tree;
