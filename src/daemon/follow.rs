@@ -331,24 +331,10 @@ impl Follower {
             FollowCommand::Follow(id) => {
                 self.join(id.clone()).await;
                 self.provided.dirty = true;
-                if let Ok(peers) = self.net.peers().await {
-                    for peer in peers.into_iter().filter(|p| p.compatible == Some(true)) {
-                        self.ask_heads(peer.peer_id, vec![id.clone()]);
-                    }
-                }
+                self.ask_every_peer(vec![id]).await;
             }
             FollowCommand::Unfollow(id) => {
-                let node = self.node.clone();
-                let still_wanted = {
-                    let id = id.clone();
-                    self.pool
-                        .run(move || node.wants_collection(&id))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or(false)
-                };
-                if !still_wanted {
+                if !self.wants(&id).await {
                     self.topics.remove(&id);
                     self.pending.remove(&id);
                     let _ = self.net.unsubscribe(id).await;
@@ -357,17 +343,7 @@ impl Follower {
             }
             FollowCommand::Accepted(id) => {
                 if !self.topics.contains(&id) {
-                    let node = self.node.clone();
-                    let wanted = {
-                        let id = id.clone();
-                        self.pool
-                            .run(move || node.wants_collection(&id))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or(false)
-                    };
-                    if !wanted {
+                    if !self.wants(&id).await {
                         return;
                     }
                     self.join(id.clone()).await;
@@ -376,6 +352,18 @@ impl Follower {
                 self.announce(vec![id]);
             }
         }
+    }
+
+    /// Whether the node follows or publishes `id` (false when that cannot be read).
+    async fn wants(&self, id: &CollectionId) -> bool {
+        let node = self.node.clone();
+        let id = id.clone();
+        self.pool
+            .run(move || node.wants_collection(&id))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false)
     }
 
     async fn join(&mut self, id: CollectionId) {
@@ -397,14 +385,19 @@ impl Follower {
             // Missed events: ask every compatible peer, as if each had just connected.
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "network events missed; asking every peer for heads");
-                if let Ok(peers) = self.net.peers().await {
-                    let topics: Vec<CollectionId> = self.topics.iter().cloned().collect();
-                    for peer in peers.into_iter().filter(|p| p.compatible == Some(true)) {
-                        self.ask_heads(peer.peer_id, topics.clone());
-                    }
-                }
+                let topics: Vec<CollectionId> = self.topics.iter().cloned().collect();
+                self.ask_every_peer(topics).await;
             }
             _ => {}
+        }
+    }
+
+    /// Asks every compatible peer connected now for the newest heads of `collections`.
+    async fn ask_every_peer(&mut self, collections: Vec<CollectionId>) {
+        if let Ok(peers) = self.net.peers().await {
+            for peer in peers.into_iter().filter(|p| p.compatible == Some(true)) {
+                self.ask_heads(peer.peer_id, collections.clone());
+            }
         }
     }
 
@@ -481,11 +474,7 @@ impl Follower {
                 self.provided.dirty = true;
                 self.update_provided();
                 // Peers that connected while the list was read were asked for nothing.
-                if let Ok(peers) = self.net.peers().await {
-                    for peer in peers.into_iter().filter(|p| p.compatible == Some(true)) {
-                        self.ask_heads(peer.peer_id, ids.clone());
-                    }
-                }
+                self.ask_every_peer(ids).await;
             }
             Done::Provided(keys) => {
                 self.provided.listing = false;

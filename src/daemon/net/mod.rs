@@ -556,13 +556,72 @@ pub struct EventLoop {
     inbound: mpsc::Sender<Inbound>,
     /// Requests we sent, answered when the response or a failure arrives. Bounded by
     /// the callers: the daemon has a fixed number of jobs that ask.
-    pending_heads: HashMap<OutboundRequestId, oneshot::Sender<Result<HeadsResponse, NetError>>>,
-    pending_objects: HashMap<OutboundRequestId, oneshot::Sender<Result<ObjectsResponse, NetError>>>,
+    pending_heads: Pending<HeadsResponse>,
+    pending_objects: Pending<ObjectsResponse>,
     /// Per connected peer: how many requests it may still send now.
     request_budgets: HashMap<PeerId, RequestBudget>,
     /// Peers cut off, and until when.
     banned: HashMap<PeerId, Instant>,
     metrics: Metrics,
+}
+
+/// Requests this node sent over one protocol, each answered when its response or
+/// failure arrives.
+type Pending<T> = HashMap<OutboundRequestId, oneshot::Sender<Result<T, NetError>>>;
+
+/// A request-response protocol whose requests from peers the daemon answers.
+trait PeerRequest: Sized {
+    type Response;
+    /// For logs.
+    const NAME: &'static str;
+    /// Whether the request is within the protocol's limits; one beyond them is dropped.
+    fn within_limits(&self) -> bool;
+    /// The request as the daemon receives it.
+    fn inbound(self, peer: PeerId, channel: ResponseChannel<Self::Response>) -> Inbound;
+    /// The event loop's requests of this protocol awaiting an answer.
+    fn pending(event_loop: &mut EventLoop) -> &mut Pending<Self::Response>;
+}
+
+impl PeerRequest for HeadsRequest {
+    type Response = HeadsResponse;
+    const NAME: &'static str = "heads";
+
+    fn within_limits(&self) -> bool {
+        self.collections.len() <= wire::MAX_HEADS_PER_REQUEST
+    }
+
+    fn inbound(self, peer: PeerId, channel: ResponseChannel<HeadsResponse>) -> Inbound {
+        Inbound::Heads {
+            peer,
+            request: self,
+            channel,
+        }
+    }
+
+    fn pending(event_loop: &mut EventLoop) -> &mut Pending<HeadsResponse> {
+        &mut event_loop.pending_heads
+    }
+}
+
+impl PeerRequest for ObjectsRequest {
+    type Response = ObjectsResponse;
+    const NAME: &'static str = "objects";
+
+    fn within_limits(&self) -> bool {
+        self.cids.len() <= wire::MAX_OBJECTS_PER_REQUEST
+    }
+
+    fn inbound(self, peer: PeerId, channel: ResponseChannel<ObjectsResponse>) -> Inbound {
+        Inbound::Objects {
+            peer,
+            request: self,
+            channel,
+        }
+    }
+
+    fn pending(event_loop: &mut EventLoop) -> &mut Pending<ObjectsResponse> {
+        &mut event_loop.pending_objects
+    }
 }
 
 /// A token bucket for one peer's requests.
@@ -1154,8 +1213,8 @@ impl EventLoop {
             }
             NodeBehaviourEvent::Kad(event) => self.handle_kad_event(event),
             NodeBehaviourEvent::Gossip(event) => self.handle_gossip_event(event),
-            NodeBehaviourEvent::Heads(event) => self.handle_heads_event(event),
-            NodeBehaviourEvent::Objects(event) => self.handle_objects_event(event),
+            NodeBehaviourEvent::Heads(event) => self.handle_request_event(event),
+            NodeBehaviourEvent::Objects(event) => self.handle_request_event(event),
             _ => {}
         }
     }
@@ -1198,61 +1257,12 @@ impl EventLoop {
         }
     }
 
-    fn handle_heads_event(&mut self, event: request_response::Event<HeadsRequest, HeadsResponse>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                if !self.request_allowed(peer)
-                    || request.collections.len() > wire::MAX_HEADS_PER_REQUEST
-                {
-                    return;
-                }
-                if !self.pass_inbound(Inbound::Heads {
-                    peer,
-                    request,
-                    channel,
-                }) {
-                    tracing::debug!(%peer, "heads request dropped: the daemon is busy");
-                }
-            }
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending_heads.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.pending_heads.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn handle_objects_event(
+    /// A request from a peer is handed to the daemon when the peer is within its
+    /// budget and the request within the protocol's limits; an answer to one of ours
+    /// goes to whoever asked.
+    fn handle_request_event<R: PeerRequest>(
         &mut self,
-        event: request_response::Event<ObjectsRequest, ObjectsResponse>,
+        event: request_response::Event<R, R::Response>,
     ) {
         match event {
             request_response::Event::Message {
@@ -1263,16 +1273,11 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if !self.request_allowed(peer) || request.cids.len() > wire::MAX_OBJECTS_PER_REQUEST
-                {
+                if !self.request_allowed(peer) || !request.within_limits() {
                     return;
                 }
-                if !self.pass_inbound(Inbound::Objects {
-                    peer,
-                    request,
-                    channel,
-                }) {
-                    tracing::debug!(%peer, "objects request dropped: the daemon is busy");
+                if !self.pass_inbound(request.inbound(peer, channel)) {
+                    tracing::debug!(%peer, protocol = R::NAME, "request dropped: the daemon is busy");
                 }
             }
             request_response::Event::Message {
@@ -1283,7 +1288,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending_objects.remove(&request_id) {
+                if let Some(reply) = R::pending(self).remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -1293,7 +1298,7 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.pending_objects.remove(&request_id) {
+                if let Some(reply) = R::pending(self).remove(&request_id) {
                     let _ = reply.send(Err(NetError::Request {
                         peer,
                         reason: error.to_string(),
