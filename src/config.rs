@@ -18,6 +18,9 @@ cache_mb = 64
 # resources already being fetched may pass it by a little); other writes (add,
 # import) are not limited.
 quota_mb = 0
+# Free space kept on the repository's file system, in MiB: followed content stops
+# being fetched while less is free, so that the disk never fills up.
+reserve_mb = 256
 
 [add]
 # How files are cut into blocks. "unixfs-v1-2025" (CIDv1, 1 MiB chunks) gives the
@@ -155,6 +158,7 @@ pub struct Config {
 pub struct StoreSection {
     pub cache_mb: u64,
     pub quota_mb: u64,
+    pub reserve_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -259,6 +263,7 @@ impl Default for StoreSection {
         StoreSection {
             cache_mb: 64,
             quota_mb: 0,
+            reserve_mb: 256,
         }
     }
 }

@@ -42,6 +42,18 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long a resource's fetch waits without progress before it gives up for this
 /// pass.
 const FETCH_WAIT: Duration = Duration::from_secs(20);
+/// How often a mirror stopped by a full disk or its quota looks for room again: a
+/// look is cheap, and room freed outside the node sends no signal.
+const ROOM_POLL: Duration = Duration::from_secs(2);
+
+/// How a pass over a collection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synced {
+    Complete,
+    Incomplete,
+    /// Stopped for want of room (disk full, quota reached).
+    NoRoom,
+}
 
 /// Where a followed collection's content stands, as the mirror last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,17 +144,22 @@ impl Mirror {
         tokio::pin!(stopped);
         let mut retry = RETRY_FIRST;
         loop {
-            let incomplete = tokio::select! {
-                incomplete = self.pass() => incomplete,
+            let synced = tokio::select! {
+                synced = self.pass() => synced,
                 () = &mut stopped => break,
             };
-            let wait = if incomplete {
-                let wait = retry;
-                retry = (retry * 2).min(RETRY_MAX);
-                wait
-            } else {
-                retry = RETRY_FIRST;
-                RETRY_MAX
+            let incomplete = synced != Synced::Complete;
+            let wait = match synced {
+                Synced::Incomplete => {
+                    let wait = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    wait
+                }
+                Synced::NoRoom => ROOM_POLL,
+                Synced::Complete => {
+                    retry = RETRY_FIRST;
+                    RETRY_MAX
+                }
             };
             let until = Instant::now() + wait;
             loop {
@@ -168,22 +185,31 @@ impl Mirror {
         }
     }
 
-    /// One look at every followed collection; returns whether anything is missing.
-    async fn pass(&self) -> bool {
+    /// One look at every followed collection: whether anything is missing, and why.
+    async fn pass(&self) -> Synced {
         let node = self.node.clone();
         let plans = match self.pool.run(move || node.content_plans()).await {
             Ok(Ok(plans)) => plans,
             Ok(Err(err)) => {
                 tracing::warn!(err = %one_line(&err), "followed collections not read");
-                return true;
+                return Synced::Incomplete;
             }
-            Err(_) => return false,
+            Err(_) => return Synced::Complete,
         };
-        let mut incomplete = false;
+        let mut overall = Synced::Complete;
         for plan in plans {
-            incomplete |= !self.sync(plan).await;
+            match self.sync(plan).await {
+                Synced::Complete => {}
+                Synced::NoRoom => overall = Synced::NoRoom,
+                Synced::Incomplete if overall == Synced::Complete => overall = Synced::Incomplete,
+                Synced::Incomplete => {}
+            }
         }
-        incomplete
+        overall
+    }
+
+    async fn no_room(&self) -> Option<String> {
+        no_room(self.node.clone(), &self.pool).await
     }
 
     fn outside_sync_hours(&self) -> Option<String> {
@@ -230,15 +256,15 @@ impl Mirror {
         )
     }
 
-    /// Fetches what one collection lacks; returns whether it is complete.
-    async fn sync(&self, plan: ContentPlan) -> bool {
+    /// Fetches what one collection lacks.
+    async fn sync(&self, plan: ContentPlan) -> Synced {
         let ContentPlan { id, seq, missing } = plan;
         let missing = if self.group.replicas(&id).is_some() {
             match self.group_share(&id, missing).await {
                 Some(share) => share,
                 None => {
                     self.handle.set(&id, SyncState::Syncing);
-                    return false;
+                    return Synced::Incomplete;
                 }
             }
         } else {
@@ -246,11 +272,14 @@ impl Mirror {
         };
         if missing.is_empty() {
             self.handle.set(&id, SyncState::Complete);
-            return true;
+            return Synced::Complete;
+        }
+        if let Some(reason) = self.no_room().await {
+            return self.stalled_for_room(&id, reason);
         }
         if let Some(closed) = self.outside_sync_hours() {
             self.handle.set(&id, SyncState::Stalled(closed));
-            return false;
+            return Synced::Incomplete;
         }
         if !matches!(self.handle.state(&id), Some(SyncState::Stalled(_))) {
             self.handle.set(&id, SyncState::Syncing);
@@ -274,12 +303,10 @@ impl Mirror {
                     if let Some(closed) = outside(sync_hours) {
                         return (root, Err(closed));
                     }
-                    // A quota reached stops the fetching between resources.
-                    match pool.run(move || node.no_room()).await {
-                        Ok(Ok(Some(reason))) => return (root, Err(reason)),
-                        Ok(Ok(None)) => {}
-                        Ok(Err(err)) => return (root, Err(one_line(&err))),
-                        Err(_) => return (root, Err("the daemon is shutting down".into())),
+                    // A disk or quota that fills up stops the fetching between
+                    // resources.
+                    if let Some(reason) = no_room(node, &pool).await {
+                        return (root, Err(reason));
                     }
                     let fetched = exchange.fetch(request).await.map_err(|err| err.to_string());
                     (root, fetched)
@@ -306,11 +333,18 @@ impl Mirror {
         if let Ok(Err(err)) = self.pool.run(move || node.settle_content()).await {
             tracing::warn!(collection = %id, err = %one_line(&err), "content pins not settled");
         }
+        if !failures.is_empty() {
+            // A fetch that failed for want of room (a write that found the disk full)
+            // says so in its own words; the state names the cause.
+            if let Some(reason) = self.no_room().await {
+                return self.stalled_for_room(&id, reason);
+            }
+        }
         match failures.first() {
             None => {
                 tracing::info!(collection = %id, seq, resources = missing.len(), "collection content complete");
                 self.handle.set(&id, SyncState::Complete);
-                true
+                Synced::Complete
             }
             Some((root, reason)) => {
                 let reason = if failures.len() > 1 {
@@ -320,9 +354,26 @@ impl Mirror {
                 };
                 tracing::info!(collection = %id, %reason, "collection content incomplete");
                 self.handle.set(&id, SyncState::Stalled(reason));
-                false
+                Synced::Incomplete
             }
         }
+    }
+
+    fn stalled_for_room(&self, id: &CollectionId, reason: String) -> Synced {
+        if self.handle.state(id) != Some(SyncState::Stalled(reason.clone())) {
+            tracing::warn!(collection = %id, %reason, "fetching stopped");
+        }
+        self.handle.set(id, SyncState::Stalled(reason));
+        Synced::NoRoom
+    }
+}
+
+/// Why no more followed content may be fetched now, if so.
+async fn no_room(node: Node, pool: &BlockingPool) -> Option<String> {
+    match pool.run(move || node.no_room()).await {
+        Ok(Ok(reason)) => reason,
+        Ok(Err(err)) => Some(one_line(&err)),
+        Err(_) => Some("the daemon is shutting down".into()),
     }
 }
 

@@ -62,16 +62,28 @@ impl Node {
     pub fn release_share(&self, id: &CollectionId, contents: &[Cid]) -> Result<()> {
         let reason = super::follow::pin_reason(id);
         for content in contents {
-            tracing::info!(collection = %id, %content, "held by enough members elsewhere; unpinned");
-            self.store().unpin(content, Some(&reason))?;
+            if self.store().pin_reasons(content)?.contains(&reason) {
+                tracing::info!(collection = %id, %content, "held by enough members elsewhere; unpinned");
+                self.store().unpin(content, Some(&reason))?;
+            }
         }
         self.store().flush()?;
         Ok(())
     }
 
     /// Bytes this node can still store for followed collections: the file system's
-    /// free space, or what is left of `store.quota_mb` when that is less.
+    /// free space above `store.reserve_mb`, or what is left of `store.quota_mb` when
+    /// that is less.
     pub fn free_space(&self) -> Result<u64> {
+        let room = self.disk_free()?.saturating_sub(self.reserve());
+        Ok(match self.quota()? {
+            Some((quota, used)) => room.min(quota.saturating_sub(used)),
+            None => room,
+        })
+    }
+
+    /// The free space of the repository's file system.
+    fn disk_free(&self) -> Result<u64> {
         let stat = nix::sys::statvfs::statvfs(self.root()).map_err(|err| {
             NodeError::refused(
                 ErrorCode::Repository,
@@ -81,11 +93,11 @@ impl Node {
                 ),
             )
         })?;
-        let disk = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
-        Ok(match self.quota()? {
-            Some((quota, used)) => disk.min(quota.saturating_sub(used)),
-            None => disk,
-        })
+        Ok((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
+    }
+
+    fn reserve(&self) -> u64 {
+        self.config().store.reserve_mb.saturating_mul(1 << 20)
     }
 
     /// `store.quota_mb` in bytes and the bytes of blocks stored; `None` without a quota.
@@ -100,13 +112,24 @@ impl Node {
         )))
     }
 
-    /// Why followed content may not be fetched now: the quota is reached, or the disk
-    /// is full. `None` while there is room.
+    /// Why followed content may not be fetched now: the disk is full (less free than
+    /// `store.reserve_mb`), or the quota is reached. `None` while there is room.
     pub fn no_room(&self) -> Result<Option<String>> {
+        let free = self.disk_free()?;
+        if free <= self.reserve() {
+            return Ok(Some(format!(
+                "disk full: {} free on the file system of {}, store.reserve_mb keeps {}; \
+                 free space (`oermesh gc`, or elsewhere on the disk) and fetching resumes",
+                crate::units::human_bytes(free),
+                self.root().display(),
+                crate::units::human_bytes(self.reserve())
+            )));
+        }
         if let Some((quota, used)) = self.quota()? {
             if used >= quota {
                 return Ok(Some(format!(
-                    "quota reached: the store holds {} of blocks and store.quota_mb allows {}",
+                    "quota reached: the store holds {} of blocks and store.quota_mb allows {}; \
+                     `oermesh gc` or a larger quota lets fetching resume",
                     crate::units::human_bytes(used),
                     crate::units::human_bytes(quota)
                 )));

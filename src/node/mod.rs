@@ -291,7 +291,10 @@ impl Node {
     pub fn gc(&self) -> Result<crate::store::GcReport> {
         let book = self.records();
         book.clear_listing_cache()?;
-        self.store().gc_with(|| record_roots(&book), |_| {})
+        let report = self.store().gc_with(|| present_roots(&book), |_| {})?;
+        // Room freed may let a fetch stopped by a full disk or the quota go on.
+        self.wake_mirror();
+        Ok(report)
     }
 
     pub fn stat(&self) -> Result<StatView> {
@@ -309,7 +312,7 @@ impl Node {
     /// Re-hashes every block and checks that every pinned or record-layer DAG is complete.
     pub fn verify(&self) -> Result<VerifyView> {
         let book = self.records();
-        let report = self.store().verify_with(|| verify_roots(&book))?;
+        let report = self.store().verify_with(|| present_roots(&book))?;
         Ok(VerifyView {
             blocks_checked: report.blocks_checked,
             bytes_checked: report.bytes_checked,
@@ -797,14 +800,16 @@ fn record_roots(book: &RecordBook<Store>) -> Result<crate::store::GcRoots> {
     })
 }
 
-/// What `verify` walks: the record layer's roots, except what a node may lack by
-/// design. A record describes content this node need not keep (a collection followed
+/// What `gc` keeps and `verify` walks: the record layer's roots, except what a node
+/// may lack by design (gc would otherwise stop at the first block missing below a root,
+/// on every mirror halfway through a version and every node that follows metadata
+/// only). A record describes content this node need not keep (a collection followed
 /// for its metadata, a mirror halfway through a version: the block exchange writes a
 /// DAG's root last), so content is required whole once its root is here. A follower
 /// that joined at version N has no version before N, so a head's chain of previous
 /// versions is required only as far back as it is here. What is here is re-hashed
 /// all the same.
-fn verify_roots(book: &RecordBook<Store>) -> Result<crate::store::GcRoots> {
+fn present_roots(book: &RecordBook<Store>) -> Result<crate::store::GcRoots> {
     let mut roots = record_roots(book)?;
     let store = book.blocks();
     for item in book.summaries() {

@@ -46,6 +46,7 @@ mod publishing;
 mod records;
 mod reliability;
 mod replication;
+mod space;
 mod store;
 mod tools;
 mod transport;
