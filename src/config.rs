@@ -77,6 +77,12 @@ socket_group = ""
 # request must then carry "Authorization: Bearer TOKEN", with the token the daemon
 # writes to api.token in this repository. Never use an address students can reach.
 listen = ""
+# Also serve the IPFS Pinning Service API (/pins) alone on a TCP address, e.g.
+# "0.0.0.0:5002", so that IPFS Cluster or `ipfs pin remote` elsewhere can ask this
+# node to fetch and hold CIDs; empty: off (/pins is still on the socket and on
+# `listen`). Requests must carry "Authorization: Bearer TOKEN", with the token the
+# daemon writes to pins.token in this repository. Never the web page's address.
+pins_listen = ""
 
 [gateway]
 # Limits of the web page and HTTP gateway (daemon.http_listen). The defaults suit a
@@ -196,6 +202,7 @@ pub struct DaemonSection {
 pub struct ApiSection {
     pub socket_group: String,
     pub listen: String,
+    pub pins_listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

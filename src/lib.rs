@@ -13,6 +13,7 @@ pub mod keys;
 pub mod links;
 pub mod metrics;
 pub mod node;
+pub mod pinning;
 pub mod records;
 pub mod repo;
 pub mod store;

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod fds;
+pub mod pins;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -52,6 +52,8 @@ pub struct ApiState {
     pub fds: Arc<FdRegistry>,
     /// The daemon's block exchange: `fetch` and `block/get` get missing blocks from peers.
     pub exchange: Option<Exchange>,
+    /// The daemon's pinning task, behind the Pinning Service API (`/pins`).
+    pub pinning: Option<crate::daemon::pinning::Pinning>,
 }
 
 /// The API's routes. Every endpoint is a POST, so that no browser can be led to call one
@@ -229,6 +231,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { error_response(&NodeError::not_found("no such API endpoint")) });
     Router::new()
         .nest(PREFIX, rpc)
+        .merge(super::pins::routes())
         .fallback(|| async { error_response(&NodeError::not_found("no such API endpoint")) })
         .with_state(state)
 }
@@ -862,6 +865,8 @@ pub async fn serve_tcp(
         async move {
             if bearer_matches(&request, &token) {
                 next.run(request).await
+            } else if request.uri().path().starts_with("/pins") {
+                super::pins::unauthorized()
             } else {
                 error_response(&NodeError::refused(
                     ErrorCode::Forbidden,
@@ -877,7 +882,7 @@ pub async fn serve_tcp(
         .await
 }
 
-fn bearer_matches(request: &Request, token: &str) -> bool {
+pub(super) fn bearer_matches(request: &Request, token: &str) -> bool {
     let Some(given) = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -897,8 +902,13 @@ fn bearer_matches(request: &Request, token: &str) -> bool {
 
 /// Reads `REPO/api.token`, creating it (mode 0600, 32 random bytes as hex) if missing.
 pub fn load_or_create_token(root: &Path) -> io::Result<String> {
+    load_or_create_token_file(&root.join(super::TOKEN_NAME))
+}
+
+/// Reads a token file, creating it (mode 0600, 32 random bytes as hex) if missing.
+pub fn load_or_create_token_file(path: &Path) -> io::Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = root.join(super::TOKEN_NAME);
+    let path = path.to_path_buf();
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
         Ok(_) => {}

@@ -11,6 +11,7 @@ pub mod follow;
 pub mod group;
 pub mod mirror;
 pub mod net;
+pub mod pinning;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::config::{ApiSection, DaemonSection};
 use crate::exchange::{self, Exchange, ExchangeConfig};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeError};
+use crate::pinning::PinRequests;
 use crate::store::StoreError;
 use crate::web::{self, WebConfig, WebError, WebParts};
 use net::{Client, Limits, NetConfig, NetError};
@@ -118,6 +120,8 @@ pub enum DaemonError {
     },
     #[error("config key api.socket_group: no group named {0:?}")]
     NoSuchGroup(String),
+    #[error(transparent)]
+    Pinning(#[from] crate::pinning::PinningError),
 }
 
 /// Settings given on the command line; each one that is set replaces the value
@@ -265,6 +269,8 @@ pub struct Daemon {
     bitswap_task: Option<JoinHandle<()>>,
     mirror_task: Option<JoinHandle<()>>,
     group_task: Option<JoinHandle<()>>,
+    pinning_task: Option<JoinHandle<()>>,
+    pins_tcp_addr: Option<SocketAddr>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -292,6 +298,7 @@ impl Daemon {
             })?;
         node.mark_daemon().map_err(Box::new)?;
         let api_tcp = bind_api_tcp(node.root(), &config.api).await?;
+        let pins_tcp = bind_pins_tcp(node.root(), &config.api).await?;
         let group = socket_group(&config.api)?;
         let (api_listener, api_socket) =
             api_server::bind_unix(node.root(), group).map_err(|source| DaemonError::Api {
@@ -411,11 +418,31 @@ impl Daemon {
             group,
             runtime: tokio::runtime::Handle::current(),
         }));
+        let pin_requests = match PinRequests::open(node.store().db()) {
+            Ok(requests) => requests,
+            Err(err) => {
+                node.set_online(None);
+                let _ = shutdown.send(true);
+                let _ = net_task.await;
+                let _ = std::fs::remove_file(&api_socket);
+                return Err(DaemonError::Pinning(err));
+            }
+        };
+        let (pinning, pinning_task) = pinning::spawn(
+            pin_requests,
+            node.store().clone(),
+            exchange.clone(),
+            pool.clone(),
+            client.clone(),
+            peer_id,
+            shutdown_signal.clone(),
+        );
         let api_state = ApiState {
             node: node.clone(),
             pool,
             fds: Arc::new(FdRegistry::default()),
             exchange: Some(exchange.clone()),
+            pinning: Some(pinning),
         };
         let mut api_tasks = vec![tokio::spawn(api_server::serve_unix(
             api_listener,
@@ -423,6 +450,16 @@ impl Daemon {
             api_state.clone(),
             shutdown_signal.clone(),
         ))];
+        let mut pins_tcp_addr = None;
+        if let Some((listener, token)) = pins_tcp {
+            pins_tcp_addr = listener.local_addr().ok();
+            api_tasks.push(tokio::spawn(crate::api::pins::serve(
+                listener,
+                api_state.clone(),
+                token,
+                shutdown_signal.clone(),
+            )));
+        }
         let mut api_tcp_addr = None;
         if let Some((listener, token)) = api_tcp {
             api_tcp_addr = listener.local_addr().ok();
@@ -452,6 +489,8 @@ impl Daemon {
             bitswap_task: Some(bitswap_task),
             mirror_task: Some(mirror_task),
             group_task,
+            pinning_task: Some(pinning_task),
+            pins_tcp_addr,
             http_task: Some(http_task),
             api_tasks,
         })
@@ -519,6 +558,11 @@ impl Daemon {
     /// The local API's TCP address, when `api.listen` is set.
     pub fn api_tcp_addr(&self) -> Option<SocketAddr> {
         self.api_tcp_addr
+    }
+
+    /// The Pinning Service API's own address, when `api.pins_listen` is set.
+    pub fn pins_tcp_addr(&self) -> Option<SocketAddr> {
+        self.pins_tcp_addr
     }
 
     /// The one line printed at start: repository, identity, addresses, web page.
@@ -627,9 +671,15 @@ impl Daemon {
                 tracing::warn!(%err, "follower task failed");
             }
         }
-        if let Some(mirror_task) = self.mirror_task.take() {
-            if let Err(err) = mirror_task.await {
-                tracing::warn!(%err, "mirror task failed");
+        for (name, task) in [
+            ("mirror", self.mirror_task.take()),
+            ("pinning", self.pinning_task.take()),
+        ] {
+            if let Some(Err(err)) = match task {
+                Some(task) => Some(task.await),
+                None => None,
+            } {
+                tracing::warn!(%err, "{name} task failed");
             }
         }
         if let Some(group_task) = self.group_task.take() {
@@ -697,6 +747,29 @@ async fn bind_api_tcp(
     };
     let token = api_server::load_or_create_token(root).map_err(api_error)?;
     let listener = tokio::net::TcpListener::bind(config.listen.trim())
+        .await
+        .map_err(api_error)?;
+    Ok(Some((listener, token)))
+}
+
+/// Binds the Pinning Service API's own address when `api.pins_listen` is set, with
+/// its token (`REPO/pins.token`).
+async fn bind_pins_tcp(
+    root: &std::path::Path,
+    config: &ApiSection,
+) -> Result<Option<(tokio::net::TcpListener, String)>, DaemonError> {
+    let addr = config.pins_listen.trim();
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let api_error = |source| DaemonError::Api {
+        addr: addr.to_string(),
+        source,
+    };
+    let token =
+        api_server::load_or_create_token_file(&root.join(crate::api::pins::PINS_TOKEN_NAME))
+            .map_err(api_error)?;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(api_error)?;
     Ok(Some((listener, token)))

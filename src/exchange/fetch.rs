@@ -96,6 +96,9 @@ pub struct FetchRequest {
     pub wait: Duration,
     /// Counts blocks and bytes as they arrive, for progress displays.
     pub progress: Option<Arc<FetchProgress>>,
+    /// Peers asked over bitswap even when they speak `/oermesh/blocks/1`: the origins
+    /// of a Pinning Service API request, which that API names as IPFS nodes.
+    pub bitswap_peers: Vec<PeerId>,
 }
 
 impl FetchRequest {
@@ -110,6 +113,7 @@ impl FetchRequest {
             prune: Vec::new(),
             wait: DEFAULT_WAIT,
             progress: None,
+            bitswap_peers: Vec::new(),
         }
     }
 
@@ -299,6 +303,8 @@ struct Session {
     wait: Duration,
     prune: Vec<Cid>,
     progress: Option<Arc<FetchProgress>>,
+    /// Peers asked over bitswap whatever protocol they speak.
+    bitswap_peers: HashSet<PeerId>,
     queue: VecDeque<Want>,
     /// Peers that said they lack a block, and when.
     lacking: HashMap<Cid, Vec<(PeerId, Instant)>>,
@@ -353,6 +359,7 @@ impl Session {
             wait: request.wait,
             prune: request.prune.clone(),
             progress: request.progress.clone(),
+            bitswap_peers: request.bitswap_peers.iter().copied().collect(),
             queue: VecDeque::new(),
             lacking: HashMap::new(),
             peers: HashMap::new(),
@@ -425,7 +432,7 @@ impl Session {
                 usable: true,
                 ..PeerState::default()
             });
-            state.bitswap |= *foreign;
+            state.bitswap |= *foreign || (bitswap && self.bitswap_peers.contains(peer));
         }
         for (peer, state) in &mut self.peers {
             let reachable = connected.contains_key(peer) && self.shared.penalty(peer).is_none();

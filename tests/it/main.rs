@@ -42,6 +42,7 @@ mod interop;
 mod lan;
 mod metrics;
 mod network;
+mod pinning;
 mod publishing;
 mod records;
 mod reliability;

