@@ -105,14 +105,9 @@ async fn run<T: Send + 'static>(
     }
 }
 
-fn parse_pin(body: &[u8]) -> Result<Pin, Response> {
-    serde_json::from_slice(body).map_err(|err| {
-        failure(
-            StatusCode::BAD_REQUEST,
-            "BAD_REQUEST",
-            format!("the body is not a Pin object: {err}"),
-        )
-    })
+fn parse_pin(body: &[u8]) -> Result<Pin, PinningError> {
+    serde_json::from_slice(body)
+        .map_err(|err| PinningError::Invalid(format!("the body is not a Pin object: {err}")))
 }
 
 async fn list(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Response {
@@ -141,7 +136,7 @@ async fn list(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Respo
 async fn add(State(state): State<ApiState>, body: Bytes) -> Response {
     let pin = match parse_pin(&body) {
         Ok(pin) => pin,
-        Err(response) => return response,
+        Err(err) => return error(&err),
     };
     match run(&state, move |pinning| pinning.create(pin, None)).await {
         Ok((pinning, request)) => json(
@@ -169,7 +164,7 @@ async fn replace(
 ) -> Response {
     let pin = match parse_pin(&body) {
         Ok(pin) => pin,
-        Err(response) => return response,
+        Err(err) => return error(&err),
     };
     match run(&state, move |pinning| pinning.create(pin, Some(requestid))).await {
         Ok((pinning, request)) => json(

@@ -289,16 +289,17 @@ impl ListQuery {
                     parsed.name = Some(value.into_owned());
                 }
                 "match" => {
-                    parsed.text_match =
-                        match value.as_ref() {
-                            "exact" => TextMatch::Exact,
-                            "iexact" => TextMatch::IExact,
-                            "partial" => TextMatch::Partial,
-                            "ipartial" => TextMatch::IPartial,
-                            other => return Err(invalid(format!(
+                    parsed.text_match = match value.as_ref() {
+                        "exact" => TextMatch::Exact,
+                        "iexact" => TextMatch::IExact,
+                        "partial" => TextMatch::Partial,
+                        "ipartial" => TextMatch::IPartial,
+                        other => {
+                            return Err(invalid(format!(
                                 "match {other:?} is not one of exact, iexact, partial, ipartial"
-                            ))),
+                            )))
                         }
+                    }
                 }
                 "status" => {
                     let mut statuses = Vec::new();
