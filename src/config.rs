@@ -84,6 +84,16 @@ listen = ""
 # daemon writes to pins.token in this repository. Never the web page's address.
 pins_listen = ""
 
+[replication]
+# IPFS pinning services (the IPFS Pinning Service API: IPFS Cluster, another oermesh
+# node's api.pins_listen, a commercial service) asked to pin each version of every
+# collection this node publishes or follows, with this node's addresses as origins:
+# the service fetches it from here over bitswap. `oermesh follow status` shows them.
+# pinning_services = [
+#   { name = "national-library", url = "http://192.168.1.30:9097", token = "SECRET" },
+# ]
+pinning_services = []
+
 [gateway]
 # Limits of the web page and HTTP gateway (daemon.http_listen). The defaults suit a
 # school server; every student's browser is one client.
@@ -155,6 +165,7 @@ pub struct Config {
     pub trust: TrustSection,
     pub daemon: DaemonSection,
     pub api: ApiSection,
+    pub replication: ReplicationSection,
     pub gateway: GatewaySection,
     pub group: GroupSection,
 }
@@ -203,6 +214,22 @@ pub struct ApiSection {
     pub socket_group: String,
     pub listen: String,
     pub pins_listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    pub pinning_services: Vec<PinningService>,
+}
+
+/// A remote IPFS pinning service: its name (shown by `follow status`), the base URL
+/// its `/pins` is under, and the bearer token it gave this node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PinningService {
+    pub name: String,
+    pub url: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

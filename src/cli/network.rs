@@ -207,6 +207,19 @@ fn follow_status(service: &dyn Service, id: &str) -> Result<ExitCode> {
         writeln!(out, "{}", progress_line(content))?;
     }
     writeln!(out, "{}", state_line(&view.state, view.reason.as_deref()))?;
+    for remote in &view.remote_pins {
+        let details = match &remote.details {
+            Some(details) => format!(": {details}"),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "remote pin at {}: version {} {}{details}",
+            remote.service,
+            remote.seq,
+            remote.status.as_str()
+        )?;
+    }
     for resource in &view.resources {
         let size = match resource.bytes_total {
             Some(total) if resource.state == "missing" => format!(

@@ -630,6 +630,7 @@ impl Follower {
                 tracing::info!(%collection, seq = accepted.seq, "new version accepted");
                 self.provided.dirty = true;
                 self.mirror.wake();
+                self.node.wake_remote_pins();
                 let done = self
                     .pending
                     .get(&collection)

@@ -13,6 +13,7 @@ pub mod mirror;
 pub mod net;
 pub mod pinning;
 pub mod pool;
+pub mod remote_pins;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,7 @@ pub struct Online {
     follower: tokio::sync::mpsc::Sender<follow::FollowCommand>,
     mirror: mirror::MirrorHandle,
     group: group::GroupHandle,
+    remote_pins: Arc<tokio::sync::Notify>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -64,6 +66,11 @@ impl Online {
 
     pub fn group(&self) -> &group::GroupHandle {
         &self.group
+    }
+
+    /// Wakes the task that asks remote pinning services to pin new versions.
+    pub fn remote_pins(&self) -> &tokio::sync::Notify {
+        &self.remote_pins
     }
 
     /// Hands the follower a command, waiting while its queue is full. Must not be
@@ -270,6 +277,7 @@ pub struct Daemon {
     mirror_task: Option<JoinHandle<()>>,
     group_task: Option<JoinHandle<()>>,
     pinning_task: Option<JoinHandle<()>>,
+    remote_pins_task: Option<JoinHandle<()>>,
     pins_tcp_addr: Option<SocketAddr>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
     api_tasks: Vec<JoinHandle<std::io::Result<()>>>,
@@ -411,13 +419,24 @@ impl Daemon {
         );
         // Before the API serves anything: a command that finds the socket answering
         // must find the network too.
+        let remote_pins_wake = Arc::new(tokio::sync::Notify::new());
         node.set_online(Some(Online {
             client: client.clone(),
             follower,
             mirror,
             group,
+            remote_pins: remote_pins_wake.clone(),
             runtime: tokio::runtime::Handle::current(),
         }));
+        let remote_pins_task = remote_pins::spawn(
+            node.clone(),
+            config.replication.pinning_services.clone(),
+            pool.clone(),
+            client.clone(),
+            peer_id,
+            remote_pins_wake,
+            shutdown_signal.clone(),
+        );
         let pin_requests = match PinRequests::open(node.store().db()) {
             Ok(requests) => requests,
             Err(err) => {
@@ -490,6 +509,7 @@ impl Daemon {
             mirror_task: Some(mirror_task),
             group_task,
             pinning_task: Some(pinning_task),
+            remote_pins_task,
             pins_tcp_addr,
             http_task: Some(http_task),
             api_tasks,
@@ -674,6 +694,7 @@ impl Daemon {
         for (name, task) in [
             ("mirror", self.mirror_task.take()),
             ("pinning", self.pinning_task.take()),
+            ("remote pinning", self.remote_pins_task.take()),
         ] {
             if let Some(Err(err)) = match task {
                 Some(task) => Some(task.await),

@@ -59,24 +59,7 @@ impl Pinning {
     /// This node's addresses, for `delegates`: where a client connects to hand data
     /// over. Never empty (the spec wants one at least).
     pub async fn delegates(&self) -> Vec<String> {
-        let peer = self.shared.peer;
-        let mut delegates: Vec<String> = self
-            .shared
-            .client
-            .listen_addrs()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|addr| !addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
-            .map(|addr| with_peer(addr, peer).to_string())
-            .collect();
-        delegates.sort();
-        delegates.dedup();
-        delegates.truncate(crate::pinning::MAX_ORIGINS);
-        if delegates.is_empty() {
-            delegates.push(format!("/p2p/{peer}"));
-        }
-        delegates
+        own_addresses(&self.shared.client, self.shared.peer).await
     }
 
     /// Stores a new request (or one that replaces `replaces`) and wakes the task.
@@ -272,6 +255,26 @@ async fn fetch(pinning: &Pinning, exchange: &Exchange, request: &PinRequest) -> 
             unreachable.join("; ")
         )),
     }
+}
+
+/// This node's peer-to-peer addresses, each ending in `/p2p/PEER_ID`, at most 20 (the
+/// spec's limit for `delegates` and `origins`); `/p2p/PEER_ID` alone when it has none.
+pub async fn own_addresses(client: &Client, peer: PeerId) -> Vec<String> {
+    let mut addresses: Vec<String> = client
+        .listen_addrs()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|addr| !addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)))
+        .map(|addr| with_peer(addr, peer).to_string())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses.truncate(crate::pinning::MAX_ORIGINS);
+    if addresses.is_empty() {
+        addresses.push(format!("/p2p/{peer}"));
+    }
+    addresses
 }
 
 fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {

@@ -205,6 +205,9 @@ impl Node {
                 (progress, sync)
             }
         };
+        let remote_pins = crate::pinning::RemotePins::open(self.store().db())
+            .and_then(|remote| remote.of_collection(&id.to_string()))
+            .map_err(|err| NodeError::refused(super::ErrorCode::Repository, err.to_string()))?;
         Ok(FollowStatusView {
             id: id.to_string(),
             mode: mode_name(state.mode).into(),
@@ -213,6 +216,7 @@ impl Node {
             reason: sync.reason,
             content: progress,
             resources: resources.unwrap_or_default(),
+            remote_pins,
         })
     }
 
@@ -442,6 +446,7 @@ impl Node {
     /// Announces a head accepted here (a publish, an import) to the network.
     pub(crate) fn announce(&self, id: &CollectionId) {
         self.tell_follower(crate::daemon::follow::FollowCommand::Accepted(id.clone()));
+        self.wake_remote_pins();
     }
 
     // ---- the follower's work ----

@@ -30,6 +30,13 @@ impl Node {
             .clone()
     }
 
+    /// Tells the remote pinning task that a collection version was accepted here.
+    pub(crate) fn wake_remote_pins(&self) {
+        if let Some(online) = self.online() {
+            online.remote_pins().notify_one();
+        }
+    }
+
     fn require_online(&self) -> Result<Online> {
         self.online().ok_or_else(|| {
             NodeError::refused(

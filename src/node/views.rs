@@ -428,6 +428,10 @@ pub struct FollowStatusView {
     pub reason: Option<String>,
     pub content: Option<ContentProgress>,
     pub resources: Vec<ResourceView>,
+    /// What remote pinning services (`[replication] pinning_services`) were asked to
+    /// pin of this collection, and where each request stands.
+    #[serde(default)]
+    pub remote_pins: Vec<crate::pinning::RemotePin>,
 }
 
 /// One resource of a followed collection's newest version.

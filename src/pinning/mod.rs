@@ -21,6 +21,10 @@ const TREE_REQUESTS: &str = "pinning/requests";
 /// 1970, big-endian) then the request id, to an empty value.
 const TREE_BY_CREATED: &str = "pinning/by_created";
 
+/// What this node asked of remote pinning services: service name, a zero byte, then
+/// the collection id, to a JSON [`RemotePin`].
+const TREE_REMOTE: &str = "pinning/remote";
+
 /// The spec's limits.
 pub const MAX_NAME_CHARS: usize = 255;
 pub const MAX_ORIGINS: usize = 20;
@@ -128,6 +132,15 @@ impl PinState {
             "pinned" => Some(PinState::Pinned),
             "failed" => Some(PinState::Failed),
             _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinState::Queued => "queued",
+            PinState::Pinning => "pinning",
+            PinState::Pinned => "pinned",
+            PinState::Failed => "failed",
         }
     }
 
@@ -596,6 +609,78 @@ impl PinRequests {
     }
 }
 
+/// A collection version this node asked a remote pinning service to pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePin {
+    pub service: String,
+    pub collection: String,
+    pub seq: u64,
+    /// The head CID asked for.
+    pub head: String,
+    /// The service's request id; `None` while the service has not taken the request.
+    #[serde(default)]
+    pub requestid: Option<String>,
+    /// The service's last word on it; `failed` also when the service could not be asked.
+    pub status: PinState,
+    #[serde(default)]
+    pub details: Option<String>,
+}
+
+/// The remote pins in the store's database. Cheap to clone.
+#[derive(Clone)]
+pub struct RemotePins {
+    tree: sled::Tree,
+}
+
+impl RemotePins {
+    pub fn open(db: &sled::Db) -> Result<RemotePins, PinningError> {
+        Ok(RemotePins {
+            tree: db.open_tree(TREE_REMOTE)?,
+        })
+    }
+
+    fn key(service: &str, collection: &str) -> Vec<u8> {
+        let mut key = service.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(collection.as_bytes());
+        key
+    }
+
+    pub fn get(&self, service: &str, collection: &str) -> Result<Option<RemotePin>, PinningError> {
+        match self.tree.get(Self::key(service, collection))? {
+            Some(value) => Ok(Some(decode_remote(collection, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put(&self, pin: &RemotePin) -> Result<(), PinningError> {
+        let value =
+            serde_json::to_vec(pin).map_err(|err| PinningError::Invalid(err.to_string()))?;
+        self.tree
+            .insert(Self::key(&pin.service, &pin.collection), value)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// Every service's pin of `collection`.
+    pub fn of_collection(&self, collection: &str) -> Result<Vec<RemotePin>, PinningError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (_, value) = item?;
+            let pin = decode_remote(collection, &value)?;
+            if pin.collection == collection {
+                out.push(pin);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode_remote(what: &str, value: &[u8]) -> Result<RemotePin, PinningError> {
+    serde_json::from_slice(value)
+        .map_err(|_| PinningError::Damaged(format!("remote pin of {what}")))
+}
+
 fn created_key(request: &PinRequest) -> Vec<u8> {
     let mut key = request.created_micros.to_be_bytes().to_vec();
     key.extend_from_slice(request.requestid.as_bytes());
@@ -733,6 +818,39 @@ mod tests {
         assert_eq!(reopened.list(&all).unwrap().0, 2);
         let e = reopened.create(pin(HELLO, "six"), None).unwrap();
         assert!(e.created_micros > d.created_micros);
+    }
+
+    #[test]
+    fn requests_made_at_once_get_distinct_created_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let requests = PinRequests::open(&db).unwrap();
+        let made: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..50)
+                            .map(|i| {
+                                requests
+                                    .create(pin(HELLO, &format!("{i}")), None)
+                                    .unwrap()
+                                    .created_micros
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let mut distinct = made.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 400);
+        let all = ListQuery::parse("status=queued&limit=1000").unwrap();
+        assert_eq!(requests.list(&all).unwrap().0, 400);
     }
 
     #[test]

@@ -371,3 +371,152 @@ pub async fn check_against_spec(spec: std::path::PathBuf, exchanges: Vec<Value>)
     .await
     .unwrap()
 }
+
+/// Sets `[replication] pinning_services` in a repository's config.toml.
+fn use_pinning_service(root: &std::path::Path, service: &Daemon) {
+    if !root.join("config.toml").exists() {
+        Node::open_or_init(root).unwrap();
+    }
+    let token = std::fs::read_to_string(service.repo_root().join("pins.token")).unwrap();
+    let url = format!("http://{}", service.pins_tcp_addr().unwrap());
+    let path = root.join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "\npinning_services = []\n",
+        &format!(
+            "\npinning_services = [{{ name = \"library\", url = \"{url}\", token = \"{}\" }}]\n",
+            token.trim()
+        ),
+    );
+    assert!(text.contains("name = \"library\""));
+    std::fs::write(path, text).unwrap();
+}
+
+fn remote_pins(node: &Node, id: &str) -> Vec<oermesh::pinning::RemotePin> {
+    oermesh::pinning::RemotePins::open(node.store().db())
+        .unwrap()
+        .of_collection(id)
+        .unwrap()
+}
+
+/// Waits until `daemon` has `library` holding version `seq` of collection `id`.
+async fn wait_for_remote_pin(daemon: &Daemon, id: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let id = id.to_string();
+        let pins = on_node(daemon, move |node| remote_pins(node, &id)).await;
+        if pins
+            .iter()
+            .any(|pin| pin.seq == seq && pin.status.as_str() == "pinned")
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: version {seq} not pinned remotely after 90 s: {pins:?}",
+            daemon.peer_id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_follower_ask_a_pinning_service_to_pin_each_version() {
+    let spec = tokio::task::spawn_blocking(|| tools::pinning_service_spec().to_path_buf());
+    let dir = tempfile::tempdir().unwrap();
+    let library = start_pinning_node(&dir.path().join("library")).await;
+    let publisher_root = dir.path().join("publisher");
+    use_pinning_service(&publisher_root, &library);
+    let publisher = start_node(&publisher_root, vec![]).await;
+    let id = on_node(&publisher, |node| {
+        let id = prepare_collection(node, "biology", 2);
+        node.collection_publish("biology").unwrap();
+        id
+    })
+    .await
+    .to_string();
+    let follower_root = dir.path().join("follower");
+    use_pinning_service(&follower_root, &library);
+    let follower = start_node(&follower_root, vec![address(&publisher)]).await;
+    let followed = id.clone();
+    on_node(&follower, move |node| {
+        node.trust_add(&followed).unwrap();
+        node.follow(&followed, false).unwrap();
+    })
+    .await;
+
+    // Both ask the library for version 1, naming themselves as origins; it fetches
+    // from them over bitswap.
+    wait_for_remote_pin(&publisher, &id, 1).await;
+    wait_for_remote_pin(&follower, &id, 1).await;
+    let mut pins = PinsClient::new(&library);
+    let meta: String = url::form_urlencoded::byte_serialize(
+        json!({"oermesh_collection": id}).to_string().as_bytes(),
+    )
+    .collect();
+    let (_, listed) = pins.get(&format!("/pins?meta={meta}")).await;
+    assert_eq!(listed["count"], 2, "{listed}");
+    let origins: Vec<&str> = listed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|status| status["pin"]["origins"].as_array().unwrap())
+        .map(|origin| origin.as_str().unwrap())
+        .collect();
+    for node in [&publisher, &follower] {
+        let peer = node.peer_id().to_string();
+        assert!(origins.iter().any(|o| o.ends_with(&peer)), "{origins:?}");
+    }
+    assert!(publisher.bitswap().stat().blocks_sent + follower.bitswap().stat().blocks_sent > 0);
+
+    // A new version replaces the request for the old one.
+    on_node(&publisher, |node| {
+        crate::network::publish_next(node, "biology")
+    })
+    .await;
+    wait_for_remote_pin(&publisher, &id, 2).await;
+    wait_for_remote_pin(&follower, &id, 2).await;
+    let (_, listed) = pins
+        .get(&format!(
+            "/pins?meta={meta}&status=queued,pinning,pinned,failed"
+        ))
+        .await;
+    assert_eq!(listed["count"], 2, "{listed}");
+    assert!(
+        listed["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["pin"]["meta"]["oermesh_version"] == "2"),
+        "{listed}"
+    );
+
+    // `follow status` shows it.
+    let (root, shown) = (follower_root.clone(), id.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oermesh"))
+            .arg("--repo")
+            .arg(root)
+            .args(["follow", "status", &shown])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("remote pin at library: version 2 pinned"),
+        "{text}"
+    );
+
+    let checked = check_against_spec(spec.await.unwrap(), pins.exchanges.clone()).await;
+    assert_eq!(checked["failures"], json!([]), "{checked}");
+
+    follower.shutdown().await.unwrap();
+    publisher.shutdown().await.unwrap();
+    library.shutdown().await.unwrap();
+}
