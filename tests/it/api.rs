@@ -212,7 +212,10 @@ fn the_tcp_api_needs_the_token() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
+        text.replace(
+            "\nlisten = \"\"\n",
+            &format!("\nlisten = \"127.0.0.1:{port}\"\n"),
+        ),
     )
     .unwrap();
     node.start_daemon();
