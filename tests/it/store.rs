@@ -245,6 +245,23 @@ fn a_repository_is_opened_by_one_process_at_a_time() {
     assert!(matches!(Repo::init(&root), Err(RepoError::Exists(_))));
 }
 
+/// Opens a sled database whose last handle was just dropped: sled's threads, or a child
+/// process another test is starting, may hold its lock a moment longer.
+fn open_sled_when_released(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
 #[test]
 fn an_index_entry_claiming_a_huge_block_is_damage_not_an_allocation() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +275,7 @@ fn an_index_entry_claiming_a_huge_block_is_damage_not_an_allocation() {
     }
     {
         // The entry of a block file: tag 1, then the size; here one far above any block.
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = open_sled_when_released(&dir.path().join("db"));
         let mut entry = vec![1u8];
         entry.extend_from_slice(&(64u64 << 30).to_le_bytes());
         db.open_tree("blocks")
