@@ -8,16 +8,14 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::header::{self, HeaderValue};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde::Serialize;
 use tokio::sync::watch;
 
-use super::server::{bearer_matches, ApiState};
+use super::server::{bearer_matches, json_response, ApiState};
 use crate::daemon::pinning::Pinning;
 use crate::pinning::{Failure, FailureError, ListQuery, Pin, PinResults, PinningError};
 
@@ -34,7 +32,7 @@ pub fn routes() -> Router<ApiState> {
 
 /// The spec's error body with `status`.
 pub fn failure(status: StatusCode, reason: &str, details: impl Into<String>) -> Response {
-    json(
+    json_response(
         status,
         &Failure {
             error: FailureError {
@@ -52,21 +50,6 @@ pub fn unauthorized() -> Response {
         "UNAUTHORIZED",
         "this address needs `Authorization: Bearer TOKEN` with the node's pinning token",
     )
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
 }
 
 fn error(err: &PinningError) -> Response {
@@ -118,7 +101,7 @@ async fn list(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Respo
     match run(&state, move |pinning| pinning.requests().list(&query)).await {
         Ok((pinning, (count, requests))) => {
             let delegates = pinning.delegates().await;
-            json(
+            json_response(
                 StatusCode::OK,
                 &PinResults {
                     count,
@@ -139,7 +122,7 @@ async fn add(State(state): State<ApiState>, body: Bytes) -> Response {
         Err(err) => return error(&err),
     };
     match run(&state, move |pinning| pinning.create(pin, None)).await {
-        Ok((pinning, request)) => json(
+        Ok((pinning, request)) => json_response(
             StatusCode::ACCEPTED,
             &request.status_view(&pinning.delegates().await),
         ),
@@ -149,7 +132,7 @@ async fn add(State(state): State<ApiState>, body: Bytes) -> Response {
 
 async fn status(State(state): State<ApiState>, Path(requestid): Path<String>) -> Response {
     match run(&state, move |pinning| pinning.requests().get(&requestid)).await {
-        Ok((pinning, request)) => json(
+        Ok((pinning, request)) => json_response(
             StatusCode::OK,
             &request.status_view(&pinning.delegates().await),
         ),
@@ -167,7 +150,7 @@ async fn replace(
         Err(err) => return error(&err),
     };
     match run(&state, move |pinning| pinning.create(pin, Some(requestid))).await {
-        Ok((pinning, request)) => json(
+        Ok((pinning, request)) => json_response(
             StatusCode::ACCEPTED,
             &request.status_view(&pinning.delegates().await),
         ),

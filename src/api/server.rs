@@ -243,7 +243,7 @@ pub fn error_response(err: &NodeError) -> Response {
     json_response(status, &ErrorBody::from(err))
 }
 
-fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(super) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             status,
