@@ -11,11 +11,13 @@
 //! bootstrap nodes and every compatible peer's listen addresses), and peers that dial us.
 
 mod behaviour;
+mod budget;
 mod peers;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::futures::StreamExt;
@@ -33,6 +35,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::metrics::{GossipLabels, GossipOutcome, Metrics, ProvideLabels, ProvideOutcome};
 use crate::records::CollectionId;
 use behaviour::{NodeBehaviour, NodeBehaviourEvent, BAN_SCORE};
+use budget::{RequestBudget, RequestPacing, Verdict};
 pub use peers::{compatible, Discovery, PeerInfo, PROTOCOL_VERSION};
 use peers::{ConnectedPeer, Connection, StaticPeer, StaticState};
 use wire::{HeadsRequest, HeadsResponse, ObjectsRequest, ObjectsResponse};
@@ -72,12 +75,6 @@ const MAX_PROVIDER_ADDRS: usize = 8;
 /// is full, more are turned away (gossip ignored, requests unanswered) rather than
 /// queued: the network never waits for the store.
 pub const INBOUND_QUEUE: usize = 256;
-/// Requests a peer may send in a burst, and how many it earns back each second.
-/// Requests beyond that are dropped unanswered and counted as strikes.
-const REQUEST_BURST: f64 = 32.0;
-const REQUESTS_PER_SECOND: f64 = 8.0;
-/// Strikes after which a peer is cut off.
-const MAX_STRIKES: u32 = 64;
 /// How long a peer that was cut off stays refused.
 const BAN_TIME: Duration = Duration::from_secs(600);
 
@@ -210,6 +207,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NetEvent>,
     streams: libp2p_stream::Control,
+    pacing: Arc<RequestPacing>,
 }
 
 impl std::fmt::Debug for Client {
@@ -334,6 +332,7 @@ impl Client {
         peer: PeerId,
         request: HeadsRequest,
     ) -> Result<HeadsResponse, NetError> {
+        self.pace(peer).await;
         self.ask(|reply| Command::RequestHeads {
             peer,
             request,
@@ -348,6 +347,7 @@ impl Client {
         peer: PeerId,
         request: ObjectsRequest,
     ) -> Result<ObjectsResponse, NetError> {
+        self.pace(peer).await;
         self.ask(|reply| Command::RequestObjects {
             peer,
             request,
@@ -388,6 +388,15 @@ impl Client {
     pub async fn topic_peers(&self, collection: CollectionId) -> Result<Vec<PeerId>, NetError> {
         self.ask(|reply| Command::TopicPeers { collection, reply })
             .await
+    }
+
+    /// Waits for this node's next turn to ask `peer`, so that it stays within the
+    /// budget the peer gives it.
+    async fn pace(&self, peer: PeerId) {
+        let wait = self.pacing.reserve(peer, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn ask<T>(
@@ -530,6 +539,7 @@ pub async fn start(
             commands,
             events,
             streams,
+            pacing: Arc::new(RequestPacing::default()),
         },
         event_loop,
         listen_addrs,
@@ -621,38 +631,6 @@ impl PeerRequest for ObjectsRequest {
 
     fn pending(event_loop: &mut EventLoop) -> &mut Pending<ObjectsResponse> {
         &mut event_loop.pending_objects
-    }
-}
-
-/// A token bucket for one peer's requests.
-struct RequestBudget {
-    tokens: f64,
-    refilled: Instant,
-    strikes: u32,
-}
-
-impl RequestBudget {
-    fn new() -> RequestBudget {
-        RequestBudget {
-            tokens: REQUEST_BURST,
-            refilled: Instant::now(),
-            strikes: 0,
-        }
-    }
-
-    /// Takes one request's token; false (and a strike) when there is none.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * REQUESTS_PER_SECOND;
-        self.tokens = (self.tokens + earned).min(REQUEST_BURST);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
     }
 }
 
@@ -1062,17 +1040,20 @@ impl EventLoop {
 
     /// Whether a request from `peer` is within its budget. A peer far over it is cut off.
     fn request_allowed(&mut self, peer: PeerId) -> bool {
-        let budget = self
+        let now = Instant::now();
+        let verdict = self
             .request_budgets
             .entry(peer)
-            .or_insert_with(RequestBudget::new);
-        if budget.take() {
-            return true;
+            .or_insert_with(|| RequestBudget::new(now))
+            .take(now);
+        match verdict {
+            Verdict::Answer => true,
+            Verdict::Refuse => false,
+            Verdict::CutOff => {
+                self.ban(peer, "too many requests".into());
+                false
+            }
         }
-        if budget.strikes >= MAX_STRIKES {
-            self.ban(peer, "too many requests".into());
-        }
-        false
     }
 
     /// Hands a message or request to the daemon; false when its queue is full.
