@@ -147,7 +147,11 @@ pub struct MetricSet {
     /// Connections turned away because one client had too many open.
     pub http_connections_refused: Counter,
     pub bytes_served: Family<ProtocolLabels, Counter>,
+    /// Blocks sent to peers (the block exchange and bitswap).
+    pub blocks_served: Family<ProtocolLabels, Counter>,
     pub bytes_fetched: Family<ProtocolLabels, Counter>,
+    /// Blocks received from peers for this node's fetches.
+    pub blocks_fetched: Family<ProtocolLabels, Counter>,
     pub fetch_errors: Family<ProtocolLabels, Counter>,
     pub gossip_messages: Family<GossipLabels, Counter>,
     pub dht_provides: Family<ProvideLabels, Counter>,
@@ -204,7 +208,9 @@ impl Metrics {
             http_connections: Gauge::default(),
             http_connections_refused: Counter::default(),
             bytes_served: Family::default(),
+            blocks_served: Family::default(),
             bytes_fetched: Family::default(),
+            blocks_fetched: Family::default(),
             fetch_errors: Family::default(),
             gossip_messages: Family::default(),
             dht_provides: Family::default(),
@@ -246,9 +252,19 @@ impl Metrics {
             set.bytes_served.clone(),
         );
         registry.register(
+            "blocks_served",
+            "Blocks sent to peers, by protocol",
+            set.blocks_served.clone(),
+        );
+        registry.register(
             "bytes_fetched",
             "Verified block bytes received from peers, by protocol",
             set.bytes_fetched.clone(),
+        );
+        registry.register(
+            "blocks_fetched",
+            "Blocks received from peers for this node's fetches, by protocol",
+            set.blocks_fetched.clone(),
         );
         registry.register(
             "fetch_errors",

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use crate::bandwidth::Bandwidth;
 use crate::daemon::net::{self, NetEvent};
 use crate::daemon::pool::BlockingPool;
+use crate::metrics::Metrics;
 use crate::store::Store;
 pub use client::{Answer, Wants};
 use peer::Peer;
@@ -87,6 +88,8 @@ struct Shared {
     serve_slots: Arc<Semaphore>,
     inbound_streams: AtomicUsize,
     counters: Counters,
+    /// The node's metrics: blocks and bytes served over bitswap count there too.
+    metrics: Metrics,
     /// Caps on bytes sent and received, shared with the block exchange.
     bandwidth: Bandwidth,
     shutdown: watch::Receiver<bool>,
@@ -145,6 +148,7 @@ pub fn start(
     pool: BlockingPool,
     net: net::Client,
     bandwidth: Bandwidth,
+    metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Bitswap, JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
     let mut control = net.stream_control();
@@ -171,6 +175,7 @@ pub fn start(
         serve_slots: Arc::new(Semaphore::new(SERVE_SLOTS)),
         inbound_streams: AtomicUsize::new(0),
         counters: Counters::default(),
+        metrics,
         bandwidth,
         shutdown: shutdown.clone(),
     });

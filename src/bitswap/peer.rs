@@ -15,6 +15,7 @@ use super::ledger::Ledger;
 use super::wire::{self, Message, Outgoing, Version};
 use super::{lock, server, BitswapError, BitswapPeer, Shared, MAX_INBOUND_STREAMS};
 use super::{MAX_STREAMS_PER_PEER, SERVE_SLOTS_PER_PEER};
+use crate::metrics::{Protocol, ProtocolLabels};
 
 /// Messages waiting for the sender; the server and the client wait when it is full.
 const OUTBOX: usize = 4;
@@ -237,6 +238,19 @@ fn sent(shared: &Shared, peer: &Peer, message: &Outgoing) {
         .counters
         .bytes_sent
         .fetch_add(bytes as u64, Ordering::Relaxed);
+    let labels = ProtocolLabels {
+        protocol: Protocol::Bitswap,
+    };
+    shared
+        .metrics
+        .bytes_served
+        .get_or_create(&labels)
+        .inc_by(bytes as u64);
+    shared
+        .metrics
+        .blocks_served
+        .get_or_create(&labels)
+        .inc_by(blocks);
 }
 
 /// Opens a stream to the peer in the newest version it speaks.

@@ -344,6 +344,7 @@ impl Daemon {
             pool.clone(),
             client.clone(),
             settings.bandwidth.clone(),
+            metrics.clone(),
             shutdown_signal.clone(),
         );
         let started = bitswap_started.and_then(|(bitswap, bitswap_task)| {

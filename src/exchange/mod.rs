@@ -205,12 +205,14 @@ impl Shared {
         });
     }
 
-    /// Counts block bytes received from a peer over `protocol`.
+    /// Counts one block of `bytes` received from a peer over `protocol`.
     fn count_fetched(&self, protocol: Protocol, bytes: u64) {
+        let labels = ProtocolLabels { protocol };
         self.metrics
             .bytes_fetched
-            .get_or_create(&ProtocolLabels { protocol })
+            .get_or_create(&labels)
             .inc_by(bytes);
+        self.metrics.blocks_fetched.get_or_create(&labels).inc();
     }
 
     /// Counts a request to a peer that failed, or a fetch that gave up.
@@ -221,14 +223,19 @@ impl Shared {
             .inc();
     }
 
-    /// Counts block bytes sent to a peer over the block exchange.
-    fn count_served(&self, bytes: u64) {
+    /// Counts blocks, and their bytes, sent to a peer over the block exchange.
+    fn count_served(&self, blocks: u64, bytes: u64) {
+        let labels = ProtocolLabels {
+            protocol: Protocol::Oermesh,
+        };
         self.metrics
             .bytes_served
-            .get_or_create(&ProtocolLabels {
-                protocol: Protocol::Oermesh,
-            })
+            .get_or_create(&labels)
             .inc_by(bytes);
+        self.metrics
+            .blocks_served
+            .get_or_create(&labels)
+            .inc_by(blocks);
     }
 
     /// The slots for requests to `peer`.

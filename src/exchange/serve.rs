@@ -217,10 +217,11 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerId, mut stream: Stream, mut
     let mut writer = Deadline {
         inner: BufWriter::with_capacity(64 * 1024, &mut stream),
         upload: shared.config.bandwidth.upload.clone(),
+        blocks: 0,
         block_bytes: 0,
     };
     let responded = respond(&shared, &mut writer, request).await;
-    shared.count_served(writer.block_bytes);
+    shared.count_served(writer.blocks, writer.block_bytes);
     match responded {
         Ok(()) => {
             let _ = writer.flush().await;
@@ -269,7 +270,8 @@ pub fn check_request(request: &Request) -> Result<(), String> {
 struct Deadline<W> {
     inner: W,
     upload: Throttle,
-    /// Block bytes written so far.
+    /// Blocks, and their bytes, written so far.
+    blocks: u64,
     block_bytes: u64,
 }
 
@@ -281,6 +283,7 @@ impl<W: AsyncWrite + Unpin> Deadline<W> {
     async fn block(&mut self, cid: &Cid, data: &[u8]) -> std::io::Result<()> {
         self.upload.spend(data.len()).await;
         within(WRITE_STALL, wire::write_block(&mut self.inner, cid, data)).await?;
+        self.blocks += 1;
         self.block_bytes += data.len() as u64;
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::exchange::{
     Hostile,
 };
 use crate::gen;
+use crate::metrics::series;
 use crate::tools::{self, JsonLines};
 
 const MIB: u64 = 1024 * 1024;
@@ -76,6 +77,29 @@ async fn fetch(daemon: &Daemon, cid: Cid) {
     assert_eq!(fetched.peers, 1, "{fetched:?}");
 }
 
+/// The daemon's `/metrics` count at least `bytes` in at least `blocks` blocks served
+/// over bitswap.
+async fn assert_served_in_metrics(daemon: &Daemon, bytes: u64, blocks: u64) {
+    let served = series(daemon, "oermesh_bytes_served_total{protocol=\"bitswap\"}").await;
+    assert!(served >= Some(bytes), "served {served:?} of {bytes} bytes");
+    let served = series(daemon, "oermesh_blocks_served_total{protocol=\"bitswap\"}").await;
+    assert!(
+        served >= Some(blocks),
+        "served {served:?} of {blocks} blocks"
+    );
+}
+
+/// The daemon's `/metrics` count at least `bytes` fetched over bitswap.
+async fn assert_fetched_in_metrics(daemon: &Daemon, bytes: u64) {
+    let fetched = series(daemon, "oermesh_bytes_fetched_total{protocol=\"bitswap\"}").await;
+    assert!(
+        fetched >= Some(bytes),
+        "fetched {fetched:?} of {bytes} bytes"
+    );
+    let blocks = series(daemon, "oermesh_blocks_fetched_total{protocol=\"bitswap\"}").await;
+    assert!(blocks >= Some(2), "fetched {blocks:?} blocks");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helia_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_helia_holds() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,6 +128,7 @@ async fn helia_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only
     );
     let stat = daemon.bitswap().stat();
     assert!(stat.blocks_sent >= 31, "{stat:?}");
+    assert_served_in_metrics(&daemon, 30 * MIB + 12_345, 31).await;
     // A folder tree: nested folders, non-ASCII names, empty files.
     let tree = our_tree(&daemon, scratch.path()).await;
     let tree_copy = scratch.path().join("helia-tree");
@@ -140,6 +165,7 @@ async fn helia_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only
         (0, 0),
         "{stat:?}"
     );
+    assert_fetched_in_metrics(&daemon, 2 * (5 * MIB + 777)).await;
     drop(helia);
     daemon.shutdown().await.unwrap();
 }
@@ -167,6 +193,7 @@ async fn kubo_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_
     );
     let stat = daemon.bitswap().stat();
     assert!(stat.blocks_sent >= 31, "{stat:?}");
+    assert_served_in_metrics(&daemon, 30 * MIB + 4321, 31).await;
     let tree = our_tree(&daemon, scratch.path()).await;
     let tree_copy = scratch.path().join("kubo-tree");
     kubo.request(json!({"op": "download", "cid": tree.to_string(), "dest": tree_copy}))
@@ -190,6 +217,7 @@ async fn kubo_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_
         (0, 0),
         "{stat:?}"
     );
+    assert_fetched_in_metrics(&daemon, 7 * MIB + 99).await;
     drop(kubo);
     daemon.shutdown().await.unwrap();
 }

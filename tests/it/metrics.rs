@@ -14,7 +14,7 @@ use crate::network::{
 
 /// The value of the series `name` (labels included, as the text format writes them)
 /// in the daemon's `/metrics`, or `None` when it is not there.
-async fn series(daemon: &Daemon, name: &str) -> Option<u64> {
+pub async fn series(daemon: &Daemon, name: &str) -> Option<u64> {
     let text = get(daemon.http_addr(), "/metrics").await.text();
     let prefix = format!("{name} ");
     text.lines()
