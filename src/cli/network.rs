@@ -208,17 +208,7 @@ fn follow_status(service: &dyn Service, id: &str) -> Result<ExitCode> {
     }
     writeln!(out, "{}", state_line(&view.state, view.reason.as_deref()))?;
     for remote in &view.remote_pins {
-        let details = match &remote.details {
-            Some(details) => format!(": {details}"),
-            None => String::new(),
-        };
-        writeln!(
-            out,
-            "remote pin at {}: version {} {}{details}",
-            remote.service,
-            remote.seq,
-            remote.status.as_str()
-        )?;
+        writeln!(out, "{}", remote_pin_line(remote))?;
     }
     for resource in &view.resources {
         let size = match resource.bytes_total {
@@ -267,6 +257,21 @@ fn state_line(state: &str, reason: Option<&str>) -> String {
 }
 
 /// The warning printed for equivocation evidence.
+/// One remote pinning service's pin of a collection, for `follow status` and
+/// `collection show`.
+pub fn remote_pin_line(remote: &oermesh::pinning::RemotePin) -> String {
+    let details = match &remote.details {
+        Some(details) => format!(": {details}"),
+        None => String::new(),
+    };
+    format!(
+        "remote pin at {}: version {} {}{details}",
+        remote.service,
+        remote.seq,
+        remote.status.as_str()
+    )
+}
+
 pub fn equivocation_line(evidence: &EquivocationView) -> String {
     format!(
         "warning: the publisher signed two different versions numbered {}: {} (kept) and {} (refused)",

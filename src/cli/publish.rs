@@ -392,6 +392,9 @@ pub fn collection(service: &dyn Service, command: CollectionCommand) -> Result<E
             for evidence in &view.equivocations {
                 writeln!(out, "{}", super::network::equivocation_line(evidence))?;
             }
+            for remote in &view.remote_pins {
+                writeln!(out, "{}", super::network::remote_pin_line(remote))?;
+            }
             for entry in &view.entries {
                 let licence = entry.licence.as_deref().unwrap_or("(record not here)");
                 let title = entry.title.as_deref().unwrap_or("");

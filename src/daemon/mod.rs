@@ -450,7 +450,7 @@ impl Daemon {
         };
         let (pinning, pinning_task) = pinning::spawn(
             pin_requests,
-            node.store().clone(),
+            node.clone(),
             exchange.clone(),
             pool.clone(),
             client.clone(),

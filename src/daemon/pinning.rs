@@ -2,7 +2,10 @@
 //! request still queued or pinning (oldest first, a few at once), dials its `origins`,
 //! fetches the whole DAG through the block exchange (from the origins over bitswap, as
 //! the API's clients expect of an IPFS node, and from every other peer that has it),
-//! pins it with the request's own reason, and records `pinned` or `failed`.
+//! pins it with the request's own reason, and records `pinned` or `failed`. A pinned
+//! CID that is a collection's head has its version registered in the record layer too
+//! (records, then head, by the rules a followed version meets), so that the collection
+//! is known here as it would be had this node followed it.
 //!
 //! The requests in the database are the only queue: a restart (a kill included) finds
 //! the unsettled ones and starts them again, and the fetch resumes from what the store
@@ -22,6 +25,7 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use super::net::Client;
 use super::pool::BlockingPool;
 use crate::exchange::{Exchange, FetchRequest};
+use crate::node::Node;
 use crate::pinning::{pin_reason, Pin, PinRequest, PinRequests, PinState, PinningError};
 use crate::store::Store;
 
@@ -41,7 +45,7 @@ pub struct Pinning {
 
 struct Shared {
     requests: PinRequests,
-    store: Store,
+    node: Node,
     pool: BlockingPool,
     client: Client,
     /// This node, named in `delegates`.
@@ -90,7 +94,7 @@ impl Pinning {
     fn release(&self, request: &PinRequest) -> Result<(), PinningError> {
         let cid = request.cid()?;
         self.shared
-            .store
+            .store()
             .unpin(&cid, Some(&pin_reason(&request.requestid)))
             .map_err(|err| PinningError::Invalid(format!("cannot unpin {cid}: {err}")))?;
         Ok(())
@@ -100,7 +104,7 @@ impl Pinning {
 /// Starts the pinning task; it ends when `shutdown` turns true.
 pub fn spawn(
     requests: PinRequests,
-    store: Store,
+    node: Node,
     exchange: Exchange,
     pool: BlockingPool,
     client: Client,
@@ -110,7 +114,7 @@ pub fn spawn(
     let pinning = Pinning {
         shared: Arc::new(Shared {
             requests,
-            store,
+            node,
             pool,
             client,
             peer,
@@ -180,7 +184,7 @@ impl Pinning {
                 let (status, details) = match fetched.and_then(|()| {
                     pinning
                         .shared
-                        .store
+                        .store()
                         .pin(&cid, &pin_reason(id))
                         .map_err(|err| format!("cannot pin {cid}: {err}"))
                 }) {
@@ -193,12 +197,15 @@ impl Pinning {
                 if !pinning.shared.requests.set_state(id, status, details)? {
                     return pinning.release(&request);
                 }
+                if status == PinState::Pinned {
+                    pinning.register_collection(&cid);
+                }
                 // The request this one replaced held the blocks both share until now.
                 if let Some(old) = &request.replaces {
                     if let Ok(old_cid) = cid::Cid::try_from(old.cid.as_str()) {
                         pinning
                             .shared
-                            .store
+                            .store()
                             .unpin(&old_cid, Some(&pin_reason(&old.requestid)))
                             .map_err(|err| PinningError::Invalid(err.to_string()))?;
                     }
@@ -208,6 +215,27 @@ impl Pinning {
             .await;
         if let Ok(Err(err)) = settled {
             tracing::warn!(%err, "cannot record a pin request's outcome");
+        }
+    }
+}
+
+impl Shared {
+    fn store(&self) -> &Store {
+        self.node.store()
+    }
+}
+
+impl Pinning {
+    /// Registers the version `cid` names when it is a collection head. The pin stands
+    /// either way: a version older than the one known here, say, is held but not
+    /// registered.
+    fn register_collection(&self, cid: &cid::Cid) {
+        match self.shared.node.accept_pinned_head(cid) {
+            Ok(Some(accepted)) => {
+                tracing::info!(collection = %accepted.id, seq = accepted.seq, "pinned collection registered");
+            }
+            Ok(None) => {}
+            Err(err) => tracing::info!(%cid, %err, "pinned collection head not registered"),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! which keeps the blocks both share held throughout); the head links to the versions
 //! before it, so the service holds them too. What was asked is kept in the store's
 //! database (`pinning::RemotePins`), so a restart neither forgets nor repeats it;
-//! `follow status` shows it.
+//! `follow status` and `collection show` show it.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -205,9 +205,7 @@ impl Node {
                 (progress, sync)
             }
         };
-        let remote_pins = crate::pinning::RemotePins::open(self.store().db())
-            .and_then(|remote| remote.of_collection(&id.to_string()))
-            .map_err(|err| NodeError::refused(super::ErrorCode::Repository, err.to_string()))?;
+        let remote_pins = self.remote_pins(&id)?;
         Ok(FollowStatusView {
             id: id.to_string(),
             mode: mode_name(state.mode).into(),
@@ -218,6 +216,13 @@ impl Node {
             resources: resources.unwrap_or_default(),
             remote_pins,
         })
+    }
+
+    /// What remote pinning services were asked to pin of `id`, and their answers.
+    pub(crate) fn remote_pins(&self, id: &CollectionId) -> Result<Vec<crate::pinning::RemotePin>> {
+        crate::pinning::RemotePins::open(self.store().db())
+            .and_then(|remote| remote.of_collection(&id.to_string()))
+            .map_err(|err| NodeError::refused(super::ErrorCode::Repository, err.to_string()))
     }
 
     /// The resources of `id`'s newest version, each with what is here of it; `None`
@@ -621,6 +626,31 @@ impl Node {
         book.warm_listing(&accepted.id);
         self.store().flush()?;
         Ok(accepted)
+    }
+
+    /// Registers the collection version whose whole DAG `root` names, once it is here
+    /// (pinned through the Pinning Service API): its records, then its head, by the
+    /// record layer's rules, as a version that arrives by following is. `None` when
+    /// `root` is not a collection head.
+    pub fn accept_pinned_head(&self, root: &Cid) -> Result<Option<AcceptedHead>> {
+        if root.codec() != block::codec::DAG_CBOR {
+            return Ok(None);
+        }
+        let head_bytes = self.store().get_block(root)?;
+        if !matches!(kind_of(&head_bytes), Some(Kind::Head)) {
+            return Ok(None);
+        }
+        let head = crate::records::Head::decode_and_verify(&head_bytes)?;
+        let book = self.records();
+        for entry in entries::read_all(self.store(), &head.entries)? {
+            if book.summary(&entry.record)?.is_none() {
+                book.accept_record(&self.store().get_block(&entry.record)?)?;
+            }
+        }
+        let accepted = book.accept_head(&head_bytes)?;
+        book.warm_listing(&accepted.id);
+        self.store().flush()?;
+        Ok(Some(accepted))
     }
 
     /// The newest head block of each collection named that is known here.

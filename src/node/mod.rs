@@ -692,6 +692,7 @@ impl Node {
             head: view.head,
             retracted_hidden: view.retracted_hidden,
             equivocations: follow::equivocation_views(&self.records(), &view.id)?,
+            remote_pins: self.remote_pins(&view.id)?,
             entries: view
                 .entries
                 .iter()

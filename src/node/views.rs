@@ -268,6 +268,10 @@ pub struct CollectionShow {
     /// Versions the publisher signed twice with one number, seen here.
     #[serde(default)]
     pub equivocations: Vec<EquivocationView>,
+    /// What remote pinning services (`[replication] pinning_services`) were asked to
+    /// pin of this collection, published or followed here, and what they answered.
+    #[serde(default)]
+    pub remote_pins: Vec<crate::pinning::RemotePin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -219,6 +219,17 @@ async fn pinning_service_api_answers_as_its_openapi_document_says_and_mirrors_a_
         "{complete:?}"
     );
     assert_eq!(complete.1, vec![reason.clone()]);
+    // The version is registered in the mirror's record layer, as a followed one is:
+    // `collection show` knows it, records and all.
+    let shown = id.to_string();
+    let view = on_node(&mirror, move |node| node.collection_show(&shown)).await;
+    let view = view.unwrap_or_else(|err| panic!("collection show on the mirror: {err}"));
+    assert_eq!((view.seq, view.head), (1, head), "{view:?}");
+    assert_eq!(view.entries.len(), 3, "{view:?}");
+    assert!(
+        view.entries.iter().all(|entry| entry.licence.is_some()),
+        "{view:?}"
+    );
 
     // Filters.
     let (_, listed) = pins.get("/pins").await;
@@ -372,6 +383,29 @@ pub async fn check_against_spec(spec: std::path::PathBuf, exchanges: Vec<Value>)
     .unwrap()
 }
 
+/// The standard output of `oermesh --repo ROOT ARGS...`, which must succeed.
+async fn oermesh_cli(root: &std::path::Path, args: &[&str]) -> String {
+    let root = root.to_path_buf();
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oermesh"))
+            .arg("--repo")
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
 /// Sets `[replication] pinning_services` in a repository's config.toml.
 fn use_pinning_service(root: &std::path::Path, service: &Daemon) {
     if !root.join("config.toml").exists() {
@@ -491,23 +525,14 @@ async fn publisher_and_follower_ask_a_pinning_service_to_pin_each_version() {
     );
 
     // `follow status` shows it.
-    let (root, shown) = (follower_root.clone(), id.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_oermesh"))
-            .arg("--repo")
-            .arg(root)
-            .args(["follow", "status", &shown])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = oermesh_cli(&follower_root, &["follow", "status", &id]).await;
     assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
+        text.contains("remote pin at library: version 2 pinned"),
+        "{text}"
     );
+    // ... and `collection show` on the publisher, which does not follow its own
+    // collection.
+    let text = oermesh_cli(&publisher_root, &["collection", "show", &id]).await;
     assert!(
         text.contains("remote pin at library: version 2 pinned"),
         "{text}"
