@@ -290,6 +290,15 @@ impl Daemon {
         let config = node.config();
         let settings = options.resolve(&config.daemon)?;
         let group_config = node.group_config().map_err(Box::new)?;
+        let disproved = match &group_config {
+            Some(_) => Some(
+                node.store()
+                    .db()
+                    .open_tree(group::DISPROVED_TREE)
+                    .map_err(StoreError::from)?,
+            ),
+            None => None,
+        };
         let keypair = net::read_node_key(&node.node_key_path())?;
         let peer_id = keypair.public().to_peer_id();
         let http_listener = tokio::net::TcpListener::bind(&settings.http_listen)
@@ -387,7 +396,7 @@ impl Daemon {
             web.clone(),
             shutdown_signal.clone(),
         ));
-        let group = group::GroupHandle::new(peer_id, group_config);
+        let group = group::GroupHandle::new(peer_id, group_config, disproved);
         let (mirror, mirror_task) = mirror::spawn(
             node.clone(),
             exchange.clone(),

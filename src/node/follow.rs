@@ -52,7 +52,7 @@ pub fn pin_reason(id: &CollectionId) -> String {
     format!("{PIN_PREFIX}{id}")
 }
 
-const PIN_PREFIX: &str = "collection:";
+pub(crate) const PIN_PREFIX: &str = "collection:";
 
 /// What a collection followed with its content still lacks here: the content roots
 /// of the newest version's resources that are not pinned for it yet.

@@ -12,6 +12,18 @@ use super::{ErrorCode, Node, NodeError, Result};
 use crate::block::BlockGet;
 use crate::daemon::group::{GroupConfig, GroupEntries, GroupEntry};
 use crate::records::{entries, CollectionId};
+use crate::store::StoreError;
+
+/// What [`Node::repair_resource`] found wrong with a copy, and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairedCopy {
+    /// Damaged blocks removed from the store.
+    pub dropped: usize,
+    /// Blocks of the DAG not in the store at all.
+    pub missing: usize,
+    /// The collection pins let go.
+    pub unpinned: Vec<String>,
+}
 
 impl Node {
     /// The group this node is in, from config.toml; `None` when it is in none.
@@ -69,6 +81,47 @@ impl Node {
         }
         self.store().flush()?;
         Ok(())
+    }
+
+    /// Reads every block of `root` here. Where some are gone or no longer match their
+    /// CID, the damaged ones are dropped and so are this node's collection pins of
+    /// `root`: the group stops counting the copy at once, and the mirror fetches it
+    /// again from the others (verified, as every fetch). `None` when the copy is whole.
+    pub fn repair_resource(&self, root: &Cid) -> Result<Option<RepairedCopy>> {
+        let store = self.store();
+        let mut damaged = Vec::new();
+        let mut missing = 0;
+        crate::links::walk(&[*root], &[], |cid| -> Result<Vec<Cid>> {
+            match store.get_block(cid) {
+                Ok(data) => Ok(crate::links::links(cid, &data).map_err(StoreError::from)?),
+                Err(crate::block::BlockError::NotFound(_)) => {
+                    missing += 1;
+                    Ok(Vec::new())
+                }
+                Err(crate::block::BlockError::Corrupt(_)) => {
+                    damaged.push(*cid);
+                    Ok(Vec::new())
+                }
+                Err(err) => Err(err.into()),
+            }
+        })?;
+        if damaged.is_empty() && missing == 0 {
+            return Ok(None);
+        }
+        let dropped = store.drop_damaged(&damaged)?.len();
+        let mut unpinned = Vec::new();
+        for reason in store.pin_reasons(root)? {
+            if reason.starts_with(super::follow::PIN_PREFIX) {
+                store.unpin(root, Some(&reason))?;
+                unpinned.push(reason);
+            }
+        }
+        store.flush()?;
+        Ok(Some(RepairedCopy {
+            dropped,
+            missing,
+            unpinned,
+        }))
     }
 
     /// Bytes this node can still store for followed collections: the file system's

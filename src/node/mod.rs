@@ -33,6 +33,7 @@ use crate::unixfs::importer::{self, ImportError, Imported, TreeBuilder, TreeSink
 use crate::unixfs::profile::Profile;
 
 pub use error::{one_line, ErrorCode, NodeError};
+pub use group::RepairedCopy;
 pub use service::Service;
 pub use views::*;
 

@@ -53,6 +53,11 @@ impl Closed<'_> {
             .as_ref()
             .is_some_and(|spared| spared.contains(&key))
     }
+
+    /// Whether a writer holds this key now (it may be writing the block anew).
+    pub(super) fn held(&self, key: Fingerprint) -> bool {
+        self.state.held.contains_key(&key)
+    }
 }
 
 impl Gate {

@@ -541,6 +541,39 @@ mod tests {
     }
 
     #[test]
+    fn drop_damaged_removes_only_blocks_that_no_longer_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let blocks: Vec<Vec<u8>> = (1..=3u8).map(|byte| vec![byte; 100_000]).collect();
+        let cids: Vec<Cid> = blocks.iter().map(|data| cid_v1(codec::RAW, data)).collect();
+        let batch = store.batch();
+        for (cid, data) in cids.iter().zip(&blocks) {
+            batch.put_block(cid, data).unwrap();
+        }
+        batch.commit().unwrap();
+        // One file gone, one with other bytes, one whole.
+        let path = |cid: &Cid| store.inner.dir.path_of(cid.hash());
+        std::fs::remove_file(path(&cids[0])).unwrap();
+        std::fs::remove_file(path(&cids[1])).unwrap();
+        std::fs::write(path(&cids[1]), vec![9u8; 100_000]).unwrap();
+        let before = store.stat().unwrap();
+
+        assert_eq!(store.drop_damaged(&cids).unwrap(), cids[..2].to_vec());
+        assert!(!store.has(&cids[0]).unwrap() && !store.has(&cids[1]).unwrap());
+        assert!(!path(&cids[1]).exists());
+        assert_eq!(store.get_block(&cids[2]).unwrap(), blocks[2]);
+        let after = store.stat().unwrap();
+        assert_eq!(after.blocks, before.blocks - 2);
+        assert_eq!(after.bytes, before.bytes - 200_000);
+        assert_eq!(counted(&store), store.totals().unwrap());
+        // Nothing left to drop; fetched again, a block is stored anew.
+        assert!(store.drop_damaged(&cids).unwrap().is_empty());
+        let hold = store.hold();
+        hold.put_block(&cids[0], &blocks[0]).unwrap();
+        assert_eq!(store.get_block(&cids[0]).unwrap(), blocks[0]);
+    }
+
+    #[test]
     fn totals_match_the_index_through_writes_duplicates_and_gc() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();

@@ -6,7 +6,10 @@ use cid::Cid;
 use multihash::Multihash;
 use rayon::prelude::*;
 
-use super::index::{decode_entry, inline_bytes, recorded_size, FIRST_BLOCK_KEY, TAG_INLINE};
+use super::gate::fingerprint;
+use super::index::{
+    decode_entry, inline_bytes, recorded_size, FIRST_BLOCK_KEY, TAG_FILE, TAG_INLINE, TOTALS_KEY,
+};
 use super::{hash_name, GcRoots, Store, StoreError};
 use crate::block::{self, BlockError};
 use crate::links::{self, LinkError};
@@ -106,6 +109,54 @@ impl Store {
         });
         report.damage.extend(missing);
         Ok(report)
+    }
+
+    /// Removes the blocks of `cids` whose stored bytes are gone or no longer match
+    /// their CID, so that they can be fetched again (a writer skips a block the index
+    /// names). Each is checked again with the gate closed, and one a writer holds at
+    /// that moment is left alone. As in gc, the entries are durably gone before their
+    /// files. Returns the blocks removed.
+    pub fn drop_damaged(&self, cids: &[Cid]) -> Result<Vec<Cid>, StoreError> {
+        let inner = &self.inner;
+        let closed = inner.gate.close();
+        let mut totals = self.totals()?;
+        let mut batch = sled::Batch::default();
+        let mut dropped = Vec::new();
+        for cid in cids {
+            if closed.held(fingerprint(cid.hash())) {
+                continue;
+            }
+            let key = cid.hash().to_bytes();
+            let Some(value) = inner.index.get(&key)? else {
+                continue;
+            };
+            if !matches!(self.read_verified(cid), Err(BlockError::Corrupt(_))) {
+                continue;
+            }
+            totals.remove(&value);
+            batch.remove(key);
+            dropped.push((*cid, value.first() == Some(&TAG_FILE)));
+        }
+        if dropped.is_empty() {
+            return Ok(Vec::new());
+        }
+        batch.insert(TOTALS_KEY, totals.encode());
+        inner.index.apply_batch(batch)?;
+        inner.db.flush()?;
+        for (cid, is_file) in &dropped {
+            if *is_file {
+                inner
+                    .dir
+                    .remove(cid.hash())
+                    .map_err(|source| StoreError::Io {
+                        action: "remove damaged block file",
+                        path: inner.dir.path_of(cid.hash()),
+                        source,
+                    })?;
+            }
+        }
+        drop(closed);
+        Ok(dropped.into_iter().map(|(cid, _)| cid).collect())
     }
 
     /// Re-hashes every indexed block on all cores, in bounded batches: inline blocks are

@@ -51,6 +51,33 @@ fn join_group(root: &Path, members: &[PeerId], id: &CollectionId, replicas: u32)
     std::fs::write(&path, text).unwrap();
 }
 
+/// Sets `group.challenge_interval_secs` in `root`'s config.
+fn set_challenge_interval(root: &Path, secs: u64) {
+    let path = root.join("config.toml");
+    let text: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            if line.starts_with("challenge_interval_secs") {
+                format!("challenge_interval_secs = {secs}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+}
+
+/// How `observer` sees `member`.
+async fn seen_by(observer: &Daemon, member: PeerId) -> oermesh::node::GroupMemberView {
+    let status = on_node(observer, |node| node.group_status().unwrap()).await;
+    status
+        .members
+        .into_iter()
+        .find(|m| m.peer_id == member.to_string())
+        .unwrap()
+}
+
 /// The members holding each resource, by their own pins.
 async fn holders(members: &[Daemon], resources: &[Resource]) -> HashMap<Cid, Vec<PeerId>> {
     let mut holders: HashMap<Cid, Vec<PeerId>> = HashMap::new();
@@ -83,6 +110,22 @@ async fn reads_back(member: &Daemon, resource: &Resource) -> bool {
     .unwrap()
 }
 
+/// The resources `member` claims (pins) but cannot read back whole.
+async fn damaged_copies(member: &Daemon, resources: &[Resource]) -> Vec<Cid> {
+    let mut damaged = Vec::new();
+    for resource in resources {
+        let content = resource.content;
+        let pinned = on_node(member, move |node| {
+            !node.store().pin_reasons(&content).unwrap().is_empty()
+        })
+        .await;
+        if pinned && !reads_back(member, resource).await {
+            damaged.push(content);
+        }
+    }
+    damaged
+}
+
 /// Removes every block file under `root/blocks`, as a failing disk or an admin would,
 /// without the node knowing.
 fn delete_block_files(root: &Path) -> usize {
@@ -102,13 +145,26 @@ fn delete_block_files(root: &Path) -> usize {
     removed
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_keeps_two_real_copies_and_a_member_that_lost_its_blocks_fails_its_challenges() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = scratch_dir();
+/// A publisher P with a collection of `SIZES` resources, and `n` members keeping it on
+/// `replicas` of them, each dialling P and the members started before it, each
+/// following the collection.
+struct Group {
+    p: Daemon,
+    id: CollectionId,
+    resources: Vec<Resource>,
+    roots: Vec<PathBuf>,
+    members: Vec<Daemon>,
+}
 
+async fn start_group(
+    dir: &Path,
+    files: &Path,
+    n: usize,
+    replicas: u32,
+    challenge_interval_secs: &[u64],
+) -> Group {
     // P publishes the collection; it is not a member.
-    let p = start_node(&dir.path().join("p"), vec![]).await;
+    let p = start_node(&dir.join("p"), vec![]).await;
     let id: CollectionId = on_node(&p, |node| {
         node.key_gen("ministry").unwrap();
         node.collection_create("lessons", Some("ministry"))
@@ -120,16 +176,18 @@ async fn a_group_keeps_two_real_copies_and_a_member_that_lost_its_blocks_fails_i
     .unwrap();
     let mut resources = Vec::new();
     for (seed, size) in SIZES.iter().enumerate() {
-        resources.push(add_resource(&p, files.path(), *size, 500 + seed as u32).await);
+        resources.push(add_resource(&p, files, *size, 500 + seed as u32).await);
     }
     add_to_collection(&p, &resources.iter().collect::<Vec<_>>()).await;
     assert_eq!(publish(&p).await, 1);
 
-    // Four members keep it with replicas = 2.
-    let roots: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("m{i}"))).collect();
+    let roots: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("m{i}"))).collect();
     let peers: Vec<PeerId> = roots.iter().map(|root| init(root)).collect();
-    for root in &roots {
-        join_group(root, &peers, &id, 2);
+    for (i, root) in roots.iter().enumerate() {
+        join_group(root, &peers, &id, replicas);
+        if let Some(secs) = challenge_interval_secs.get(i) {
+            set_challenge_interval(root, *secs);
+        }
     }
     let mut members: Vec<Daemon> = Vec::new();
     for root in &roots {
@@ -153,6 +211,27 @@ async fn a_group_keeps_two_real_copies_and_a_member_that_lost_its_blocks_fails_i
         })
         .await;
     }
+    Group {
+        p,
+        id,
+        resources,
+        roots,
+        members,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_keeps_two_real_copies_and_a_member_that_lost_its_blocks_fails_its_challenges() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = scratch_dir();
+    // Four members keep it with replicas = 2.
+    let Group {
+        p,
+        id,
+        resources,
+        roots,
+        mut members,
+    } = start_group(dir.path(), files.path(), 4, 2, &[]).await;
 
     let started = std::time::Instant::now();
     // Every resource ends up on two or three members, not on all four, and every
@@ -228,46 +307,65 @@ async fn a_group_keeps_two_real_copies_and_a_member_that_lost_its_blocks_fails_i
         .filter(|r| before[&r.content].len() == 2 && before[&r.content].contains(&victim_id))
         .collect();
     assert!(!lost.is_empty(), "{before:?}");
+    // It restarts with no look at its own copies due for an hour, so that it finds out
+    // about the loss from the others' challenges.
+    let old = members.remove(victim);
+    old.shutdown().await.unwrap();
+    set_challenge_interval(&roots[victim], 3600);
+    let mut dial = vec![dial_addr(&p)];
+    dial.extend(members.iter().map(dial_addr));
+    members.insert(victim, start_node(&roots[victim], dial).await);
+    for (i, member) in members.iter().enumerate() {
+        if i != victim {
+            wait_until_compatible(&members[victim], member.peer_id()).await;
+        }
+    }
     assert!(delete_block_files(&roots[victim]) > 0);
     eprintln!(
         "{victim_id} lost its copies, and {} resources their second copy",
         lost.len()
     );
 
-    // Its challenges fail, its claims stop counting, and the others restore two real
-    // copies of everything it held.
+    // Its claims fail a challenge and stop counting...
     let others: Vec<&Daemon> = members
         .iter()
         .filter(|m| m.peer_id() != victim_id)
         .collect();
-    wait_until("the others see the member's challenges fail", || async {
-        let mut all = true;
-        for other in &others {
-            let status = on_node(other, |node| node.group_status().unwrap()).await;
-            let seen = status
-                .members
-                .iter()
-                .find(|m| m.peer_id == victim_id.to_string());
-            all &= seen.is_some_and(|m| {
-                !m.counted && m.challenges.last().is_some_and(|c| c.outcome == "failed")
-            });
-        }
-        all
-    })
+    wait_until(
+        "another member sees the member's challenge fail",
+        || async {
+            for other in &others {
+                let seen = seen_by(other, victim_id).await;
+                if !seen.counted
+                    && seen
+                        .challenges
+                        .iter()
+                        .any(|c| c.outcome == "failed" && c.reason.is_some())
+                {
+                    return true;
+                }
+            }
+            false
+        },
+    )
     .await;
-    eprintln!("{:?}: challenges failed", started.elapsed());
+    eprintln!("{:?}: a challenge failed", started.elapsed());
+    // ...and the group restores two real copies of everything it held. The damaged
+    // member finds out too, answering: it stops claiming the copies it lost (it lets
+    // their pins go and drops what is left of them) and claims only what it holds
+    // whole, fetched again where the group wants a copy there.
     wait_until("two real copies of everything again", || async {
         for resource in &resources {
             let mut real = 0;
-            for other in &others {
+            for member in &members {
                 let held = {
                     let content = resource.content;
-                    on_node(other, move |node| {
+                    on_node(member, move |node| {
                         !node.store().pin_reasons(&content).unwrap().is_empty()
                     })
                     .await
                 };
-                if held && reads_back(other, resource).await {
+                if held && reads_back(member, resource).await {
                     real += 1;
                 }
             }
@@ -275,33 +373,120 @@ async fn a_group_keeps_two_real_copies_and_a_member_that_lost_its_blocks_fails_i
                 return false;
             }
         }
-        true
+        damaged_copies(&members[victim], &resources)
+            .await
+            .is_empty()
     })
     .await;
     eprintln!("{:?}: two real copies again", started.elapsed());
-    // Every other member counts two copies of everything without the lost ones, and
-    // reports the failed challenges.
+    // Every other member counts two copies of everything.
     for other in &others {
         wait_until("the group's view counts two copies again", || async {
             let status = on_node(other, |node| node.group_status().unwrap()).await;
-            let victim = status
-                .members
-                .iter()
-                .find(|m| m.peer_id == victim_id.to_string())
-                .unwrap();
             status.collections[0].below.is_empty()
-                && !victim.counted
-                && victim
-                    .challenges
-                    .iter()
-                    .any(|c| c.outcome == "failed" && c.reason.is_some())
         })
         .await;
     }
-    eprintln!("{:?}: every member's view settled again", started.elapsed());
+    eprintln!(
+        "{:?}: the damaged member repaired its claims",
+        started.elapsed()
+    );
 
     for member in members {
         member.shutdown().await.unwrap();
     }
     p.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_copy_is_fetched_again_and_a_restarted_challenger_still_distrusts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = scratch_dir();
+    // Two members, replicas = 2: each must hold everything. The second sets no
+    // challenges of its own (it looks at its own copies only when challenged).
+    let Group {
+        p,
+        id: _,
+        resources,
+        roots,
+        mut members,
+    } = start_group(dir.path(), files.path(), 2, 2, &[1, 3600]).await;
+    wait_until("both members hold everything", || async {
+        let holders = holders(&members, &resources).await;
+        resources
+            .iter()
+            .all(|r| holders.get(&r.content).is_some_and(|h| h.len() == 2))
+    })
+    .await;
+    // The publisher goes: the only other copy is the first member's.
+    p.shutdown().await.unwrap();
+
+    let damaged_id = members[1].peer_id();
+    assert!(delete_block_files(&roots[1]) > 0);
+    assert!(!damaged_copies(&members[1], &resources).await.is_empty());
+    // The first member's challenge fails...
+    wait_until("the damaged member fails a challenge", || async {
+        let seen = seen_by(&members[0], damaged_id).await;
+        !seen.counted && seen.challenges.iter().any(|c| c.outcome == "failed")
+    })
+    .await;
+    // ...and it stops at once, to come back with no challenge due for an hour.
+    let challenger = members.remove(0);
+    challenger.shutdown().await.unwrap();
+    set_challenge_interval(&roots[0], 3600);
+    let challenger = start_node(&roots[0], vec![dial_addr(&members[0])]).await;
+    wait_until_compatible(&challenger, damaged_id).await;
+    wait_until("the restarted challenger hears from the member", || async {
+        seen_by(&challenger, damaged_id).await.reachable
+    })
+    .await;
+    let seen = seen_by(&challenger, damaged_id).await;
+    assert!(
+        !seen.counted,
+        "a member that failed is trusted after a restart: {seen:?}"
+    );
+
+    // The damaged member, which found out answering the challenge, fetches its copies
+    // again from the challenger, each verified.
+    let damaged = &members[0];
+    wait_until(
+        "the damaged member holds every resource whole again",
+        || async {
+            let holders = holders(std::slice::from_ref(damaged), &resources).await;
+            resources.iter().all(|r| holders.contains_key(&r.content))
+                && damaged_copies(damaged, &resources).await.is_empty()
+        },
+    )
+    .await;
+    for resource in &resources {
+        assert!(reads_back(damaged, resource).await);
+    }
+    let verify = on_node(damaged, |node| node.store().verify(&[], &[]).unwrap()).await;
+    assert!(verify.damage.is_empty(), "{:?}", verify.damage);
+    // Its claims still do not count with the challenger: nothing proved them yet.
+    let status = on_node(&challenger, |node| node.group_status().unwrap()).await;
+    let seen = seen_by(&challenger, damaged_id).await;
+    assert!(seen.reachable && !seen.counted, "{seen:?}");
+    assert_eq!(status.collections[0].below.len(), resources.len());
+
+    // With challenges again, the member passes one and its claims count.
+    challenger.shutdown().await.unwrap();
+    set_challenge_interval(&roots[0], 1);
+    let challenger = start_node(&roots[0], vec![dial_addr(damaged)]).await;
+    wait_until(
+        "the member passes a fresh challenge and counts again",
+        || async {
+            let status = on_node(&challenger, |node| node.group_status().unwrap()).await;
+            let seen = seen_by(&challenger, damaged_id).await;
+            seen.counted
+                && seen.challenges.iter().any(|c| c.outcome == "passed")
+                && status.collections[0].below.is_empty()
+        },
+    )
+    .await;
+
+    challenger.shutdown().await.unwrap();
+    for member in members {
+        member.shutdown().await.unwrap();
+    }
 }

@@ -9,6 +9,12 @@
 //! is recorded, and that member's claims stop counting until it passes one again (the
 //! resource it failed on stays uncounted until it passes a challenge on that very one).
 //!
+//! A member also looks after its own claims: when it cannot answer a challenge because
+//! a block of its copy is gone or no longer matches its CID, or when its own look at a
+//! random claimed resource each `challenge_interval` finds such a block, it drops the
+//! damaged blocks and its collection pins of the resource (so it stops claiming it at
+//! once) and wakes the mirror, which fetches it again where the group still wants it.
+//!
 //! From the claims that count, [`plan::decide`] says which resources this node fetches
 //! (held by fewer than `replicas` members) and lets go of (held by more than
 //! `replicas + 1`); the mirror acts on it. This task only talks and keeps the view:
@@ -262,27 +268,52 @@ struct Shared {
     me: PeerId,
     config: Option<GroupConfig>,
     state: Mutex<State>,
+    /// The resources each member failed a challenge on, kept in the node's database so
+    /// that a restart does not make a member that failed trusted again.
+    disproved: Option<sled::Tree>,
     /// What this node holds changed: tell the members soon.
     changed: Notify,
 }
 
 impl GroupHandle {
     /// `config.members` may name this node too (one list for every member): it is
-    /// left out here.
-    pub fn new(me: PeerId, mut config: Option<GroupConfig>) -> GroupHandle {
+    /// left out here. `disproved` is where the claims members failed to prove are kept
+    /// ([`DISPROVED_TREE`] of the node's database); a member found there starts with
+    /// none of its claims counted, until it passes a challenge.
+    pub fn new(
+        me: PeerId,
+        mut config: Option<GroupConfig>,
+        disproved: Option<sled::Tree>,
+    ) -> GroupHandle {
         if let Some(config) = &mut config {
             config.members.retain(|peer| *peer != me);
+        }
+        let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
+        if let (Some(config), Some(tree)) = (&config, &disproved) {
+            for (peer, failed) in load_disproved(tree) {
+                if config.members.contains(&peer) && !failed.is_empty() {
+                    peers.insert(
+                        peer,
+                        PeerState {
+                            discredited: true,
+                            failed,
+                            ..PeerState::default()
+                        },
+                    );
+                }
+            }
         }
         GroupHandle {
             shared: Arc::new(Shared {
                 me,
                 config,
                 state: Mutex::new(State {
-                    peers: HashMap::new(),
+                    peers,
                     mine: None,
                     started: Instant::now(),
                     asking: HashSet::new(),
                 }),
+                disproved,
                 changed: Notify::new(),
             }),
         }
@@ -501,6 +532,14 @@ impl GroupHandle {
                 peer_state.verified = false;
             }
         }
+        if let Some(tree) = self
+            .shared
+            .disproved
+            .as_ref()
+            .filter(|_| before.1 != peer_state.failed.len())
+        {
+            store_disproved(tree, &peer, &peer_state.failed);
+        }
         if peer_state.challenges.len() == CHALLENGES_KEPT {
             peer_state.challenges.pop_front();
         }
@@ -510,6 +549,54 @@ impl GroupHandle {
             outcome,
         });
         before != (peer_state.discredited, peer_state.failed.len())
+    }
+}
+
+/// The sled tree that keeps, per member (by its peer id's bytes), the resources it
+/// failed a challenge on and has not passed one on since (DAG-CBOR, a list of CIDs).
+pub const DISPROVED_TREE: &str = "group_disproved";
+
+/// Every member's disproved claims as kept; an entry that cannot be read is logged and
+/// left out (its member is then trusted as after any restart before this was kept).
+fn load_disproved(tree: &sled::Tree) -> Vec<(PeerId, HashSet<Cid>)> {
+    let mut found = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = match item {
+            Ok(item) => item,
+            Err(err) => {
+                tracing::warn!(%err, "disproved group claims not read");
+                break;
+            }
+        };
+        let peer = PeerId::from_bytes(&key);
+        let failed = serde_ipld_dagcbor::from_slice::<Vec<Cid>>(&value);
+        match (peer, failed) {
+            (Ok(peer), Ok(failed)) => found.push((peer, failed.into_iter().collect())),
+            _ => tracing::warn!("a damaged entry of disproved group claims left out"),
+        }
+    }
+    found
+}
+
+/// Keeps `failed` as `peer`'s disproved claims (none: the entry goes). sled writes it
+/// out with its next flush, at most a second later.
+fn store_disproved(tree: &sled::Tree, peer: &PeerId, failed: &HashSet<Cid>) {
+    let key = peer.to_bytes();
+    let written = if failed.is_empty() {
+        tree.remove(key).map(|_| ())
+    } else {
+        let mut sorted: Vec<&Cid> = failed.iter().collect();
+        sorted.sort();
+        match serde_ipld_dagcbor::to_vec(&sorted) {
+            Ok(value) => tree.insert(key, value).map(|_| ()),
+            Err(err) => {
+                tracing::warn!(%err, "disproved group claims not encoded");
+                return;
+            }
+        }
+    };
+    if let Err(err) = written {
+        tracing::warn!(%peer, %err, "disproved group claims not kept");
     }
 }
 
@@ -536,6 +623,7 @@ pub fn spawn(
         control,
         mirror,
         shutdown: shutdown.clone(),
+        repairing: Arc::default(),
     };
     Ok(Some(tokio::spawn(task.run(incoming, shutdown))))
 }
@@ -549,6 +637,27 @@ struct Task {
     control: libp2p_stream::Control,
     mirror: MirrorHandle,
     shutdown: watch::Receiver<bool>,
+    /// Resources whose copy here is being repaired.
+    repairing: Arc<Mutex<HashSet<Cid>>>,
+}
+
+/// The live resources of `kept` this node holds.
+fn held_here(kept: &[(CollectionId, GroupEntries)]) -> Vec<Cid> {
+    kept.iter()
+        .flat_map(|(_, entries)| {
+            entries
+                .live()
+                .into_iter()
+                .map(|(content, _)| content)
+                .filter(|content| entries.held_here(content))
+        })
+        .collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Task {
@@ -702,6 +811,7 @@ impl Task {
         else {
             return;
         };
+        self.check_own_copy(&kept).await;
         // Per member, the resources it claims of the versions known here.
         let targets: Vec<(PeerId, Cid, bool)> = {
             let state = self.group.state();
@@ -778,6 +888,94 @@ impl Task {
             Ok(Response::Holdings(_)) => Outcome::Failed("an answer of the wrong kind".into()),
             Err(err) => Outcome::Unanswered(err),
         }
+    }
+
+    /// Looks at a random resource this node claims, as a challenge would, and repairs
+    /// it when a block of it cannot be read: a copy damaged behind the node's back is
+    /// found even when no member happens to challenge it.
+    async fn check_own_copy(&self, kept: &[(CollectionId, GroupEntries)]) {
+        let held = held_here(kept);
+        if held.is_empty() {
+            return;
+        }
+        let root = held[proof::pick(held.len())];
+        let store = self.node.store().clone();
+        if let Ok(Some(block)) = self
+            .pool
+            .run(move || proof::damaged_on_random_path(&store, root))
+            .await
+        {
+            tracing::warn!(%root, %block, "a block of a resource held here cannot be read");
+            self.repair(root, true);
+        }
+    }
+
+    /// Looks down a random path of every resource this node claims, and repairs those
+    /// that cannot be read: one damaged copy is a sign that a disk lost more.
+    async fn check_all_own_copies(&self) {
+        let node = self.node.clone();
+        let ids: Vec<CollectionId> = self
+            .config
+            .collections
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        let damaged = self
+            .pool
+            .run(move || -> crate::node::Result<Vec<Cid>> {
+                let mut kept = Vec::new();
+                for id in ids {
+                    if let Some(entries) = node.group_entries(&id)? {
+                        kept.push((id, entries));
+                    }
+                }
+                Ok(held_here(&kept)
+                    .into_iter()
+                    .filter(|root| proof::damaged_on_random_path(node.store(), *root).is_some())
+                    .collect())
+            })
+            .await;
+        if let Ok(Ok(damaged)) = damaged {
+            for root in damaged {
+                self.repair(root, false);
+            }
+        }
+    }
+
+    /// Drops this node's damaged copy of `root` and lets the mirror fetch it again
+    /// (see [`Node::repair_resource`]); one repair of a resource at a time. With
+    /// `look_further`, a damaged copy has every other claimed copy looked at too.
+    fn repair(&self, root: Cid, look_further: bool) {
+        if !lock(&self.repairing).insert(root) {
+            return;
+        }
+        let task = self.clone();
+        self.spawn(async move {
+            let node = task.node.clone();
+            let repaired = task.pool.run(move || node.repair_resource(&root)).await;
+            lock(&task.repairing).remove(&root);
+            match repaired {
+                Ok(Ok(Some(repaired))) => {
+                    tracing::warn!(
+                        %root,
+                        dropped = repaired.dropped,
+                        missing = repaired.missing,
+                        unpinned = ?repaired.unpinned,
+                        "the copy held here was damaged: no longer claimed, fetched again"
+                    );
+                    task.group.holdings_changed();
+                    task.mirror.wake();
+                    if look_further {
+                        task.check_all_own_copies().await;
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(%root, err = %crate::node::one_line(&err), "damaged copy not repaired: `oermesh verify` checks the store");
+                }
+                Err(_) => {}
+            }
+        });
     }
 
     /// One request to a member on a stream of its own.
@@ -888,25 +1086,28 @@ impl Task {
             }
             Request::Challenge(challenge) => {
                 let node = self.node.clone();
+                let root = challenge.root;
                 let answered = self
                     .pool
-                    .run(move || {
-                        let root = challenge.root;
-                        match node.store().pin_reasons(&root) {
-                            Ok(reasons) if !reasons.is_empty() => {
-                                let answer = proof::answer(node.store(), &challenge);
-                                if let Answer::Failed(reason) = &answer {
-                                    tracing::warn!(%root, %reason, "a challenge on a resource held here failed: `oermesh verify` checks the store");
-                                }
-                                answer
+                    .run(move || match node.store().pin_reasons(&root) {
+                        Ok(reasons) if !reasons.is_empty() => {
+                            let (answer, unreadable) = proof::answer(node.store(), &challenge);
+                            if let Answer::Failed(reason) = &answer {
+                                tracing::warn!(%root, %reason, "a challenge on a resource held here failed");
                             }
-                            Ok(_) => Answer::Failed(format!("{root} is not held here")),
-                            Err(err) => Answer::Failed(err.to_string()),
+                            (answer, unreadable.is_some())
                         }
+                        Ok(_) => (Answer::Failed(format!("{root} is not held here")), false),
+                        Err(err) => (Answer::Failed(err.to_string()), false),
                     })
                     .await;
                 match answered {
-                    Ok(answer) => Response::Answer(answer),
+                    Ok((answer, damaged)) => {
+                        if damaged {
+                            self.repair(root, true);
+                        }
+                        Response::Answer(answer)
+                    }
                     Err(_) => return,
                 }
             }
@@ -914,5 +1115,52 @@ impl Task {
         if wire::write(&mut stream, &response).await.is_ok() {
             let _ = stream.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_challenge_is_remembered_across_a_restart_until_one_on_it_passes() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree(DISPROVED_TREE).unwrap();
+        let (me, member) = (PeerId::random(), PeerId::random());
+        let config = GroupConfig {
+            name: "district".into(),
+            members: vec![me, member],
+            collections: Vec::new(),
+            exchange_interval: Duration::from_secs(1),
+            challenge_interval: Duration::from_secs(1),
+        };
+        let resource = crate::block::cid_v1(crate::block::codec::RAW, b"lesson");
+        let other = crate::block::cid_v1(crate::block::codec::RAW, b"other lesson");
+        let start = || GroupHandle::new(me, Some(config.clone()), Some(tree.clone()));
+        let disproved = |group: &GroupHandle| {
+            group
+                .state()
+                .peers
+                .get(&member)
+                .map(|p| (p.discredited, p.failed.iter().copied().collect::<Vec<_>>()))
+        };
+
+        let group = start();
+        group.record_challenge(member, resource, Outcome::Failed("wrong digest".into()));
+        assert_eq!(disproved(&start()), Some((true, vec![resource])));
+        // Passing on another resource counts the member again, but not the resource it
+        // failed on; a restart then distrusts it until it passes once more.
+        let restarted = start();
+        restarted.record_challenge(member, other, Outcome::Passed);
+        assert_eq!(disproved(&restarted), Some((false, vec![resource])));
+        assert_eq!(disproved(&start()), Some((true, vec![resource])));
+        // Passing on the very resource clears it.
+        let restarted = start();
+        restarted.record_challenge(member, resource, Outcome::Passed);
+        assert_eq!(disproved(&start()), None);
+        // An unanswered challenge is no disproof.
+        let restarted = start();
+        restarted.record_challenge(member, other, Outcome::Unanswered("no answer".into()));
+        assert_eq!(disproved(&start()), None);
     }
 }

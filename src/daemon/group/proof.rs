@@ -27,18 +27,22 @@ pub enum Expected {
     Path,
 }
 
+/// Why the path could not be walked: the reason, and the block that could not be read
+/// (gone, or not matching its CID) when that is why.
+type PathError = (String, Option<Cid>);
+
 /// The blocks of the path `picks` names from `root`, root first.
 fn path_blocks<B: BlockGet + ?Sized>(
     store: &B,
     root: &Cid,
     picks: &[u32],
-) -> Result<Vec<(Cid, Vec<u8>)>, String> {
+) -> Result<Vec<(Cid, Vec<u8>)>, PathError> {
     let mut cid = *root;
     let mut path = Vec::new();
     for depth in 0..=picks.len() {
-        let data =
-            links::get_verified(store, &cid).map_err(|err| format!("cannot read {cid}: {err}"))?;
-        let children = links::links(&cid, &data).map_err(|err| err.to_string())?;
+        let data = links::get_verified(store, &cid)
+            .map_err(|err| (format!("cannot read {cid}: {err}"), Some(cid)))?;
+        let children = links::links(&cid, &data).map_err(|err| (err.to_string(), None))?;
         path.push((cid, data));
         let Some(pick) = picks.get(depth) else { break };
         if children.is_empty() {
@@ -66,6 +70,12 @@ fn random_bytes(n: usize) -> Vec<u8> {
     bytes
 }
 
+fn random_picks() -> Vec<u32> {
+    (0..PICKS)
+        .map(|_| random_below(u64::from(u32::MAX)) as u32)
+        .collect()
+}
+
 fn random_below(bound: u64) -> u64 {
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&random_bytes(8));
@@ -84,13 +94,11 @@ pub fn pick(len: usize) -> usize {
 /// A fresh challenge on `root`. With `store` holding the resource, a range challenge;
 /// without, or when this node's own copy cannot be read, a path challenge.
 pub fn prepare<B: BlockGet + ?Sized>(store: Option<&B>, root: Cid) -> (Challenge, Expected) {
-    let picks: Vec<u32> = (0..PICKS)
-        .map(|_| random_below(u64::from(u32::MAX)) as u32)
-        .collect();
+    let picks = random_picks();
     let nonce = random_bytes(NONCE_BYTES);
     let leaf = store.and_then(|store| match path_blocks(store, &root, &picks) {
         Ok(mut path) => path.pop().map(|(_, data)| data),
-        Err(err) => {
+        Err((err, _)) => {
             tracing::warn!(%root, %err, "own copy unreadable; asking for the blocks instead");
             None
         }
@@ -120,15 +128,29 @@ pub fn prepare<B: BlockGet + ?Sized>(store: Option<&B>, root: Cid) -> (Challenge
     )
 }
 
-/// This node's answer to a challenge, from `store`.
-pub fn answer<B: BlockGet + ?Sized>(store: &B, challenge: &Challenge) -> Answer {
+/// The first block of a random path down this node's copy of `root` that cannot be
+/// read (gone, or not matching its CID); `None` when the path reads whole. A cheap
+/// look at a copy, as a challenge is.
+pub fn damaged_on_random_path<B: BlockGet + ?Sized>(store: &B, root: Cid) -> Option<Cid> {
+    path_blocks(store, &root, &random_picks())
+        .err()
+        .and_then(|(_, unreadable)| unreadable)
+}
+
+/// This node's answer to a challenge, from `store`, and the block of its own copy it
+/// could not read (gone, or not matching its CID) when that is why it failed.
+pub fn answer<B: BlockGet + ?Sized>(store: &B, challenge: &Challenge) -> (Answer, Option<Cid>) {
     if challenge.picks.len() > MAX_PICKS || challenge.nonce.len() != NONCE_BYTES {
-        return Answer::Failed("malformed challenge".into());
+        return (Answer::Failed("malformed challenge".into()), None);
     }
     let path = match path_blocks(store, &challenge.root, &challenge.picks) {
         Ok(path) => path,
-        Err(err) => return Answer::Failed(err),
+        Err((err, unreadable)) => return (Answer::Failed(err), unreadable),
     };
+    (answer_from_path(challenge, path), None)
+}
+
+fn answer_from_path(challenge: &Challenge, path: Vec<(Cid, Vec<u8>)>) -> Answer {
     match challenge.range {
         Some((offset, length)) => {
             let leaf = path.last().map(|(_, data)| data.as_slice()).unwrap_or(&[]);
@@ -208,12 +230,12 @@ mod tests {
         for _ in 0..20 {
             let (challenge, expected) = prepare(Some(&blocks), root);
             assert!(matches!(expected, Expected::Digest(_)));
-            let answered = answer(&blocks, &challenge);
+            let (answered, _) = answer(&blocks, &challenge);
             assert_eq!(check(&challenge, &expected, &answered), Ok(()));
 
             let (challenge, expected) = prepare(None::<&MemoryBlocks>, root);
             assert_eq!(expected, Expected::Path);
-            let answered = answer(&blocks, &challenge);
+            let (answered, _) = answer(&blocks, &challenge);
             assert_eq!(check(&challenge, &expected, &answered), Ok(()));
         }
         // A member that kept only the root cannot answer either kind.
@@ -221,12 +243,17 @@ mod tests {
         crate::block::BlockPut::put_block(&only_root, &root, &blocks.get_block(&root).unwrap())
             .unwrap();
         let (challenge, expected) = prepare(Some(&blocks), root);
-        assert!(check(&challenge, &expected, &answer(&only_root, &challenge)).is_err());
+        assert!(check(&challenge, &expected, &answer(&only_root, &challenge).0).is_err());
         let (challenge, expected) = prepare(None::<&MemoryBlocks>, root);
-        assert!(check(&challenge, &expected, &answer(&only_root, &challenge)).is_err());
+        let (answered, unreadable) = answer(&only_root, &challenge);
+        assert!(check(&challenge, &expected, &answered).is_err());
+        // ...and knows which block of its own copy it lacks.
+        assert!(unreadable.is_some_and(|cid| cid != root), "{unreadable:?}");
+        assert_eq!(damaged_on_random_path(&blocks, root), None);
+        assert!(damaged_on_random_path(&only_root, root).is_some());
         // An old answer does not fit a new nonce.
         let (first, _) = prepare(Some(&blocks), root);
-        let replayed = answer(&blocks, &first);
+        let (replayed, _) = answer(&blocks, &first);
         let (second, expected) = prepare(Some(&blocks), root);
         assert!(check(&second, &expected, &replayed).is_err() || first.nonce == second.nonce);
     }
