@@ -7,8 +7,8 @@
 //! streams it opens itself, and a peer's wantlist lives from message to message until
 //! the connection closes. So the state is per peer ([`peer::Peer`]): the wantlist it
 //! sent us ([`ledger::Ledger`], capped), the wants we sent it, and one task that writes
-//! our messages to it. Streams come from `libp2p-stream`'s control, like the oermesh
-//! block exchange's, so block bytes never pass through the network event loop; store
+//! our messages to it. Streams are opened and accepted as the oermesh block exchange's
+//! are, so block bytes never pass through the network event loop; store
 //! reads and hashing run on the daemon's [`BlockingPool`].
 //!
 //! Limits: a peer's wantlist holds at most [`ledger::MAX_WANTLIST`] entries; a message
@@ -150,8 +150,8 @@ pub fn start(
     bandwidth: Bandwidth,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
-) -> Result<(Bitswap, JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
-    let mut control = net.stream_control();
+) -> Result<(Bitswap, JoinHandle<()>), net::AlreadyRegistered> {
+    let control = net.stream_control();
     let mut incoming = Vec::new();
     for (protocol, version) in [
         (wire::PROTOCOL_1_2_0, Version::V1_2),
@@ -159,7 +159,7 @@ pub fn start(
         (wire::PROTOCOL_1_0_0, Version::V1_0),
         (wire::PROTOCOL_LEGACY, Version::V1_0),
     ] {
-        let streams = control.accept(protocol)?;
+        let streams = net.accept(protocol)?;
         incoming.push(
             streams
                 .map(move |(peer, stream)| (peer, version, stream))
@@ -187,8 +187,8 @@ pub fn start(
     Ok((Bitswap { shared }, task))
 }
 
-/// Accepts streams (at once: `libp2p-stream` drops a stream that finds its channel
-/// full) and drops the state of peers that went away.
+/// Accepts streams (at once, so that the queue of streams waiting stays short) and
+/// drops the state of peers that went away.
 async fn run(
     mut incoming: libp2p::futures::stream::SelectAll<
         libp2p::futures::stream::BoxStream<'static, (PeerId, Version, libp2p::Stream)>,

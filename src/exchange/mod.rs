@@ -8,9 +8,9 @@
 //! violation. [`serve`] answers peers; [`fetch`] gets DAGs from every peer that has
 //! them at once.
 //!
-//! The module runs its own tasks beside the network event loop: streams come from
-//! `libp2p-stream`'s [`libp2p_stream::Control`], so block bytes never pass through the
-//! loop. Store reads and hashing run on the daemon's [`BlockingPool`].
+//! The module runs its own tasks beside the network event loop: it opens streams with
+//! `libp2p-stream`'s [`libp2p_stream::Control`] and takes those peers open from
+//! [`net::Client::accept`], so block bytes never pass through the loop. Store reads and hashing run on the daemon's [`BlockingPool`].
 
 pub mod fetch;
 pub mod serve;
@@ -98,9 +98,9 @@ pub fn start(
     config: ExchangeConfig,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
-) -> Result<(Exchange, JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
-    let mut control = net.stream_control();
-    let incoming = control.accept(wire::PROTOCOL)?;
+) -> Result<(Exchange, JoinHandle<()>), net::AlreadyRegistered> {
+    let incoming = net.accept(wire::PROTOCOL)?;
+    let control = net.stream_control();
     let shared = Arc::new(Shared {
         runtime: tokio::runtime::Handle::current(),
         store,

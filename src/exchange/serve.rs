@@ -150,9 +150,9 @@ fn admit(shared: &Arc<Shared>, peer: PeerId) -> Admission {
 }
 
 /// Takes every incoming stream of the protocol until shutdown. It only counts and
-/// spawns: `libp2p-stream` drops streams that arrive while this loop is busy.
+/// spawns, so that the queue of streams waiting for it stays short.
 pub(crate) async fn accept_loop(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: crate::daemon::net::IncomingStreams,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -210,6 +210,10 @@ async fn kubo_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_
     assert!(!daemon.node().store().has(&cid).unwrap());
     fetch(&daemon, cid).await;
     assert_eq!(stored_digest(&daemon, cid).await, file_digest(&theirs));
+    // kubo sends its blocks on many streams at once: none may be lost on the way in, or
+    // the fetch waits for answers that never come until it gives up on the request.
+    let stalls = series(&daemon, "oermesh_fetch_errors_total{protocol=\"bitswap\"}").await;
+    assert_eq!(stalls.unwrap_or(0), 0, "bitswap requests to kubo failed");
     let stat = daemon.bitswap().stat();
     assert!(stat.blocks_received > 0, "{stat:?}");
     assert_eq!(
@@ -220,6 +224,189 @@ async fn kubo_fetches_30_mib_and_a_tree_from_the_daemon_which_fetches_what_only_
     assert_fetched_in_metrics(&daemon, 7 * MIB + 99).await;
     drop(kubo);
     daemon.shutdown().await.unwrap();
+}
+
+/// kubo sends each message on a stream of its own, from several workers at once. Every
+/// stream must reach the daemon's bitswap, however many arrive together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_on_many_streams_opened_at_once_are_all_read() {
+    use libp2p::futures::AsyncWriteExt;
+    const STREAMS: usize = oermesh::bitswap::MAX_STREAMS_PER_PEER;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(&dir.path().join("node")).await;
+    let hostile = Hostile::start();
+    let mut heard = messages_to(&hostile);
+    hostile.connect(&address(&daemon)).await;
+    let absent: Vec<Cid> = (0..STREAMS as u32)
+        .map(|n| cid_v1(codec::RAW, format!("absent {n}").as_bytes()))
+        .collect();
+    for round in 0..4 {
+        let peer = daemon.peer_id();
+        let streams = libp2p::futures::future::join_all((0..STREAMS).map(|_| {
+            let mut control = hostile.control.clone();
+            async move { control.open_stream(peer, wire::PROTOCOL_1_2_0).await }
+        }))
+        .await;
+        // Each stream asks whether the daemon has one block, and is closed.
+        let sent = streams
+            .into_iter()
+            .zip(&absent)
+            .map(|(stream, cid)| async move {
+                let mut stream = stream.unwrap();
+                wire::write_message(
+                    &mut stream,
+                    &wants(vec![Entry::want(*cid, WantType::Have, 1)]),
+                )
+                .await
+                .unwrap();
+                stream.close().await.unwrap();
+            });
+        libp2p::futures::future::join_all(sent).await;
+        let mut answered = std::collections::HashSet::new();
+        while answered.len() < STREAMS {
+            let message = tokio::time::timeout(Duration::from_secs(60), heard.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "round {round}: {} of {STREAMS} streams answered",
+                        answered.len()
+                    )
+                })
+                .unwrap();
+            for (cid, presence) in message.presences {
+                assert_eq!(presence, Presence::DontHave);
+                answered.insert(cid);
+            }
+        }
+    }
+    let stat = daemon.bitswap().stat();
+    assert_eq!(stat.refused_streams, 0, "{stat:?}");
+    daemon.shutdown().await.unwrap();
+}
+
+// ---- speed, for scripts/bench ----
+
+/// The file size of the bitswap measurement, in MiB (`OERMESH_BENCH_MIB`, 1024 unless set).
+fn bench_size() -> u64 {
+    std::env::var("OERMESH_BENCH_MIB")
+        .ok()
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or(1024)
+        * MIB
+}
+
+/// Seconds one transfer took, printed as a rate.
+fn report(label: &str, size: u64, started: std::time::Instant) {
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "bitswap, {label:<40} {:7.1} MiB/s ({seconds:.2} s)",
+        size as f64 / seconds / MIB as f64
+    );
+}
+
+/// One file over bitswap on loopback: from our daemon to Helia and to kubo, beside
+/// Helia to Helia and kubo to kubo on the same bytes, and from each of them to our
+/// daemon. Each file is checked byte for byte after it is timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for scripts/bench; run with --ignored in release mode"]
+async fn bitswap_throughput() {
+    let size = bench_size();
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = scratch_dir();
+    let original = scratch.path().join("original.bin");
+    write_generated(&original, size, 91);
+    let digest = file_digest(&original);
+    let daemon = start(&dir.path().join("node")).await;
+    let our_cid = add(&daemon, &original, false).await;
+    let copy = scratch.path().join("copy.bin");
+    let check_copy = || {
+        assert_eq!(file_digest(&copy), digest, "a copy differs");
+        std::fs::remove_file(&copy).unwrap();
+    };
+    let cat = |cid: Cid| json!({"op": "cat", "cid": cid.to_string(), "dest": copy, "timeout_ms": 1_800_000});
+    let download = |cid: Cid| json!({"op": "download", "cid": cid.to_string(), "dest": copy});
+    let connect = |addr: String| json!({"op": "connect", "addr": addr});
+    // The first listen address, with the peer id (Helia's come with it, kubo's without).
+    let tool_addr = |ready: &Value| {
+        let addr = ready["addrs"][0].as_str().unwrap();
+        let id = ready["id"].as_str().unwrap();
+        if addr.contains("/p2p/") {
+            addr.to_string()
+        } else {
+            format!("{addr}/p2p/{id}")
+        }
+    };
+
+    // Helia: 1 MiB raw leaves (unixfs-v1-2025), as our daemon cuts them.
+    let (helia, _) = Tool::spawn("Helia", || tools::node_script("helia-node.mjs")).await;
+    helia.request(connect(address(&daemon).to_string())).await;
+    let started = std::time::Instant::now();
+    helia.request(cat(our_cid)).await;
+    report("oermesh daemon -> Helia (1 MiB blocks)", size, started);
+    check_copy();
+    let (other_helia, ready) = Tool::spawn("Helia", || tools::node_script("helia-node.mjs")).await;
+    let helia_cid = cid_of(
+        &other_helia
+            .request(json!({"op": "add", "path": original, "profile": "unixfs-v0-2015"}))
+            .await,
+    );
+    helia.request(connect(tool_addr(&ready))).await;
+    let started = std::time::Instant::now();
+    helia.request(cat(helia_cid)).await;
+    report("Helia -> Helia (256 KiB blocks)", size, started);
+    check_copy();
+    // Only the Helia that added the file may hold it when our daemon fetches it.
+    drop(helia);
+    other_helia
+        .request(connect(address(&daemon).to_string()))
+        .await;
+    let started = std::time::Instant::now();
+    fetch(&daemon, helia_cid).await;
+    report("Helia -> oermesh daemon (256 KiB blocks)", size, started);
+    assert_eq!(stored_digest(&daemon, helia_cid).await, digest);
+    drop(other_helia);
+
+    // kubo: its defaults, CIDv0 with 256 KiB dag-pb leaves.
+    let (kubo, _) = Tool::spawn("kubo", {
+        let repo = dir.path().join("kubo");
+        move || tools::kubo(&repo)
+    })
+    .await;
+    kubo.request(connect(address(&daemon).to_string())).await;
+    let started = std::time::Instant::now();
+    kubo.request(download(our_cid)).await;
+    report("oermesh daemon -> kubo (1 MiB blocks)", size, started);
+    check_copy();
+    let (other_kubo, ready) = Tool::spawn("kubo", {
+        let repo = dir.path().join("other-kubo");
+        move || tools::kubo(&repo)
+    })
+    .await;
+    let kubo_cid = cid_of(
+        &other_kubo
+            .request(json!({"op": "add", "path": original}))
+            .await,
+    );
+    kubo.request(connect(tool_addr(&ready))).await;
+    let started = std::time::Instant::now();
+    kubo.request(download(kubo_cid)).await;
+    report("kubo -> kubo (256 KiB blocks)", size, started);
+    check_copy();
+    drop(kubo);
+    // kubo's defaults cut as Helia's unixfs-v0-2015 profile did: the same CID, which
+    // our daemon holds already, so a fresh daemon fetches it.
+    assert_eq!(kubo_cid, helia_cid);
+    daemon.shutdown().await.unwrap();
+    let fresh = start(&dir.path().join("fresh")).await;
+    other_kubo
+        .request(connect(address(&fresh).to_string()))
+        .await;
+    let started = std::time::Instant::now();
+    fetch(&fresh, kubo_cid).await;
+    report("kubo -> oermesh daemon (256 KiB blocks)", size, started);
+    assert_eq!(stored_digest(&fresh, kubo_cid).await, digest);
+    drop(other_kubo);
+    fresh.shutdown().await.unwrap();
 }
 
 // ---- a hostile bitswap peer ----

@@ -609,12 +609,12 @@ pub fn spawn(
     net: Client,
     mirror: MirrorHandle,
     shutdown: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, libp2p_stream::AlreadyRegistered> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, crate::daemon::net::AlreadyRegistered> {
     let Some(config) = group.shared.config.clone() else {
         return Ok(None);
     };
-    let mut control = net.stream_control();
-    let incoming = control.accept(wire::PROTOCOL)?;
+    let incoming = net.accept(wire::PROTOCOL)?;
+    let control = net.stream_control();
     let task = Task {
         group,
         config,
@@ -673,7 +673,11 @@ impl Task {
         });
     }
 
-    async fn run(self, incoming: libp2p_stream::IncomingStreams, shutdown: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        incoming: crate::daemon::net::IncomingStreams,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let mut shutdown_for_loop = shutdown.clone();
         tokio::spawn(self.clone().serve(incoming, shutdown));
         let stopped = async move {
@@ -1008,7 +1012,7 @@ impl Task {
     /// Answers members' streams, within the limits; others' are closed unread.
     async fn serve(
         self,
-        mut incoming: libp2p_stream::IncomingStreams,
+        mut incoming: crate::daemon::net::IncomingStreams,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let places = Arc::new(Semaphore::new(MAX_SERVED));

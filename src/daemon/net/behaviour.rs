@@ -16,6 +16,7 @@ use libp2p::{
     tcp, tls, yamux, Swarm,
 };
 
+use super::inbound;
 use super::peers::PROTOCOL_VERSION;
 use super::wire::{self, KAD_PROTOCOL};
 use super::{NetConfig, NetError};
@@ -46,8 +47,10 @@ pub struct NodeBehaviour {
     pub gossip: gossipsub::Behaviour,
     pub heads: wire::HeadsBehaviour,
     pub objects: wire::ObjectsBehaviour,
-    /// Raw streams for protocols that move bulk data on their own tasks.
+    /// Raw streams for protocols that move bulk data on their own tasks: those we open,
+    /// and those peers open to us.
     pub streams: libp2p_stream::Behaviour,
+    pub inbound: inbound::Behaviour,
 }
 
 /// Yamux streams per connection, chosen for what it does to windows. js-libp2p's yamux
@@ -74,7 +77,11 @@ fn yamux_config() -> yamux::Config {
 
 /// Builds the swarm: TCP with TLS 1.3 or Noise (both offered) and Yamux, QUIC beside
 /// it, and the behaviours configured from `config`.
-pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<NodeBehaviour>, NetError> {
+pub fn build_swarm(
+    keypair: Keypair,
+    config: &NetConfig,
+    inbound: inbound::Registry,
+) -> Result<Swarm<NodeBehaviour>, NetError> {
     let local_peer_id = keypair.public().to_peer_id();
     let transport_error = |err: &dyn std::fmt::Display| NetError::Transport(err.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -122,6 +129,7 @@ pub fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<NodeBeh
                 heads: wire::heads_behaviour(),
                 objects: wire::objects_behaviour(),
                 streams: libp2p_stream::Behaviour::new(),
+                inbound: inbound::Behaviour::new(inbound),
             })
         })
         .map_err(|err| transport_error(&err))?

@@ -12,6 +12,7 @@
 
 mod behaviour;
 mod budget;
+mod inbound;
 mod peers;
 pub mod wire;
 
@@ -28,7 +29,7 @@ use libp2p::kad::{self, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -36,6 +37,7 @@ use crate::metrics::{GossipLabels, GossipOutcome, Metrics, ProvideLabels, Provid
 use crate::records::CollectionId;
 use behaviour::{NodeBehaviour, NodeBehaviourEvent, BAN_SCORE};
 use budget::{RequestBudget, RequestPacing, Verdict};
+pub use inbound::{AlreadyRegistered, IncomingStreams};
 pub use peers::{compatible, Discovery, PeerInfo, PROTOCOL_VERSION};
 use peers::{ConnectedPeer, Connection, StaticPeer, StaticState};
 use wire::{HeadsRequest, HeadsResponse, ObjectsRequest, ObjectsResponse};
@@ -207,6 +209,7 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NetEvent>,
     streams: libp2p_stream::Control,
+    inbound: inbound::Registry,
     pacing: Arc<RequestPacing>,
 }
 
@@ -233,10 +236,15 @@ impl Client {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
 
-    /// Opens and accepts raw streams of protocols that run their own tasks beside the
-    /// event loop (the block exchange): their bytes never pass through it.
+    /// Opens raw streams of protocols that run their own tasks beside the event loop
+    /// (the block exchange, bitswap, groups): their bytes never pass through it.
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.streams.clone()
+    }
+
+    /// The raw streams peers open to us with `protocol`, from now on.
+    pub fn accept(&self, protocol: StreamProtocol) -> Result<IncomingStreams, AlreadyRegistered> {
+        self.inbound.accept(protocol)
     }
 
     /// Closes every connection to `peer`: for a peer that broke a protocol's rules.
@@ -505,7 +513,8 @@ pub async fn start(
     config: NetConfig,
     metrics: Metrics,
 ) -> Result<Started, NetError> {
-    let swarm = behaviour::build_swarm(keypair, &config)?;
+    let accepted = inbound::Registry::default();
+    let swarm = behaviour::build_swarm(keypair, &config, accepted.clone())?;
     let streams = swarm.behaviour().streams.new_control();
     let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -539,6 +548,7 @@ pub async fn start(
             commands,
             events,
             streams,
+            inbound: accepted,
             pacing: Arc::new(RequestPacing::default()),
         },
         event_loop,
