@@ -155,6 +155,7 @@ impl Store {
         // dropped: a store closed and opened again at once (a daemon restarted in the
         // same process) waits for it, briefly, instead of failing.
         let deadline = std::time::Instant::now() + SLED_RELEASE_WAIT;
+        let mut unfinished_snapshots_removed = false;
         let db = loop {
             let opened = sled::Config::new()
                 .path(&db_path)
@@ -167,6 +168,12 @@ impl Store {
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err @ sled::Error::Corruption { .. }) => {
+                    if unfinished_snapshots_removed || remove_unfinished_snapshots(&db_path)? == 0 {
+                        return Err(err.into());
+                    }
+                    unfinished_snapshots_removed = true;
                 }
                 other => break other?,
             }
@@ -499,6 +506,38 @@ fn hash_name(hash: &Multihash<64>) -> String {
     Cid::new_v1(block::codec::RAW, *hash).to_string()
 }
 
+/// Removes the snapshots sled had not finished writing (`snap.LSN.generating`), and
+/// says how many there were.
+///
+/// sled writes a snapshot under that name and renames it when it is complete, but when
+/// it opens it takes the name that sorts last as the newest snapshot, finished or not:
+/// a process killed while sled wrote one leaves a database that will not open
+/// ("corrupt snapshot file found"). A snapshot only shortens the replay of sled's log,
+/// which stays the record of every write, so an unfinished one can go; sled then
+/// starts from the last finished snapshot. Called only after opening failed, by the
+/// process that holds the repository's lock.
+fn remove_unfinished_snapshots(db_path: &Path) -> Result<usize, StoreError> {
+    let io_error = |source| StoreError::Io {
+        action: "remove an unfinished database snapshot",
+        path: db_path.to_path_buf(),
+        source,
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(db_path).map_err(io_error)? {
+        let path = entry.map_err(io_error)?.path();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(&path).map_err(io_error)?;
+            tracing::warn!(path = %path.display(), "removed a database snapshot left unfinished by a killed process");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn db_error(err: sled::Error) -> BlockError {
     BlockError::Backend(format!("database error: {err}"))
 }
@@ -538,6 +577,30 @@ mod tests {
             totals.add(&item.unwrap().1);
         }
         totals
+    }
+
+    #[test]
+    fn a_snapshot_left_unfinished_by_a_killed_process_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::default();
+        let cid = {
+            let store = Store::open(dir.path(), &config).unwrap();
+            let cid = cid_v1(codec::RAW, b"kept");
+            let batch = store.batch();
+            batch.put_block(&cid, b"kept").unwrap();
+            batch.commit().unwrap();
+            cid
+        };
+        // What a kill halfway through sled's snapshot leaves: a partial file under the
+        // name sled gives a snapshot until it is complete, sorting after every other.
+        let unfinished = dir
+            .path()
+            .join("db")
+            .join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"half a snapshot, no checksum").unwrap();
+        let store = Store::open(dir.path(), &config).unwrap();
+        assert_eq!(store.get_block(&cid).unwrap(), b"kept");
+        assert!(!unfinished.exists());
     }
 
     #[test]
