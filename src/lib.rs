@@ -14,6 +14,7 @@ pub mod links;
 pub mod metrics;
 pub mod node;
 pub mod pinning;
+pub mod progress;
 pub mod records;
 pub mod repo;
 pub mod store;

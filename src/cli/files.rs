@@ -1,7 +1,7 @@
 //! Commands on files and folders: add, cat, get, ls, export, import.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,8 +10,9 @@ use cid::Cid;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use oermesh::block::MemoryBlocks;
+use oermesh::block::{codec, BlockError, BlockGet, MemoryBlocks};
 use oermesh::car;
+use oermesh::dag_pb::PbNode;
 use oermesh::node::service::ServiceBlocks;
 use oermesh::node::{
     export_target, resolve_profile, walk_into, AddEvent, AddOptions, FetchOptions, Service,
@@ -139,15 +140,90 @@ fn progress_bar(args: &AddArgs) -> ProgressBar {
     if !super::show_progress() {
         return ProgressBar::hidden();
     }
-    let total = importer::total_bytes(&args.path, args.recursive).unwrap_or(0);
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
+    bytes_bar(Some(
+        importer::total_bytes(&args.path, args.recursive).unwrap_or(0),
+    ))
+}
+
+/// A bar of bytes done out of `total`, with rate and time left; without a total (not
+/// known cheaply), a spinner with bytes and rate.
+fn bytes_bar(total: Option<u64>) -> ProgressBar {
+    let (bar, template) = match total {
+        Some(total) => (
+            ProgressBar::new(total),
             "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => (
+            ProgressBar::no_length(),
+            "{spinner} {bytes} {binary_bytes_per_sec} {elapsed}",
+        ),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// Shown while the store is checked for every block (a daemon gets missing ones from
+/// peers meanwhile), before the bytes are written.
+fn fetch_spinner() -> ProgressBar {
+    if !super::show_progress() {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.set_message("looking for missing blocks");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}
+
+/// The bytes of the whole DAG under `cid`, as its root block declares them (the block
+/// itself and each link's cumulative size): what `get` reads, block by block. `None`
+/// when a link does not declare its size.
+fn dag_bytes(blocks: &dyn BlockGet, cid: &Cid) -> Option<u64> {
+    let block = blocks.get_block(cid).ok()?;
+    if cid.codec() != codec::DAG_PB {
+        return Some(block.len() as u64);
+    }
+    let node = PbNode::decode(&block).ok()?;
+    node.links.iter().try_fold(block.len() as u64, |sum, link| {
+        Some(sum.saturating_add(link.tsize?))
+    })
+}
+
+/// Blocks handed to the reader, each counted on the bar as it passes.
+struct CountedBlocks<'a> {
+    blocks: &'a (dyn BlockGet + Sync),
+    bar: &'a ProgressBar,
+}
+
+impl BlockGet for CountedBlocks<'_> {
+    fn get_block(&self, cid: &Cid) -> Result<Vec<u8>, BlockError> {
+        let data = self.blocks.get_block(cid)?;
+        self.bar.inc(data.len() as u64);
+        Ok(data)
+    }
+}
+
+/// A writer that counts the bytes through it on the bar.
+struct CountedWriter<'a, W: Write> {
+    out: W,
+    bar: &'a ProgressBar,
+}
+
+impl<W: Write> Write for CountedWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.out.write(buf)?;
+        self.bar.inc(written as u64);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn print_added(quiet: bool, root: &Cid, entries: &[(String, Cid)]) {
@@ -166,13 +242,20 @@ fn print_added(quiet: bool, root: &Cid, entries: &[(String, Cid)]) {
 
 /// Makes the DAG `root/sub` names complete in the store: a daemon gets what is missing
 /// from peers; without one, everything must be here already.
-fn make_complete(service: &dyn Service, root: &Cid, sub: &str) -> Result<()> {
-    service.fetch(&FetchOptions {
+fn make_complete(service: &dyn Service, root: &Cid, sub: &str, progress: bool) -> Result<()> {
+    let spinner = if progress {
+        fetch_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    let fetched = service.fetch(&FetchOptions {
         cid: *root,
         path: sub.to_string(),
         pin: false,
         wait_secs: None,
-    })?;
+    });
+    spinner.finish_and_clear();
+    fetched?;
     Ok(())
 }
 
@@ -207,15 +290,26 @@ pub fn fetch(
 pub fn cat(service: &dyn Service, path: &str) -> Result<ExitCode> {
     let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
-    make_complete(service, &root, &sub)?;
+    // Bytes on the terminal would be drawn over: a bar only when they go elsewhere.
+    let progress = super::show_progress() && !io::stdout().is_terminal();
+    make_complete(service, &root, &sub, progress)?;
     let cid = reader::resolve(&blocks, &root, &sub)?;
+    let bar = if progress {
+        bytes_bar(reader::stat(&blocks, &cid).ok().map(|entry| entry.size))
+    } else {
+        ProgressBar::hidden()
+    };
     let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
-    match service
+    let mut out = CountedWriter {
+        out: BufWriter::with_capacity(1 << 20, stdout.lock()),
+        bar: &bar,
+    };
+    let written = service
         .cat(&cid, &mut out)
         .map_err(anyhow::Error::from)
-        .and_then(|_| Ok(out.flush()?))
-    {
+        .and_then(|_| Ok(out.flush()?));
+    bar.finish_and_clear();
+    match written {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
         Err(err) => Err(err),
@@ -233,7 +327,8 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 pub fn get(service: &dyn Service, path: &str, output: Option<PathBuf>) -> Result<ExitCode> {
     let blocks = ServiceBlocks(service);
     let (root, sub) = output::split_cid_path(path)?;
-    make_complete(service, &root, &sub)?;
+    let progress = super::show_progress();
+    make_complete(service, &root, &sub, progress)?;
     let cid = reader::resolve(&blocks, &root, &sub)?;
     // Like `ipfs get`: named after the last path segment, or the CID itself.
     let dest = output.unwrap_or_else(|| {
@@ -243,7 +338,21 @@ pub fn get(service: &dyn Service, path: &str, output: Option<PathBuf>) -> Result
                 .map_or_else(|| root.to_string(), str::to_string),
         )
     });
-    reader::get_tree(&blocks, &cid, &dest)?;
+    let bar = if progress {
+        bytes_bar(dag_bytes(&blocks, &cid))
+    } else {
+        ProgressBar::hidden()
+    };
+    let written = reader::get_tree(
+        &CountedBlocks {
+            blocks: &blocks,
+            bar: &bar,
+        },
+        &cid,
+        &dest,
+    );
+    bar.finish_and_clear();
+    written?;
     println!("saved {cid} to {}", dest.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -2,11 +2,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use oermesh::node::{ContentProgress, EquivocationView, GroupStatusView, Service};
+use oermesh::progress::{human_duration, RateEstimate};
 
 use super::output;
 
@@ -39,7 +42,13 @@ pub enum FollowCommand {
     /// Followed collections: version, resources and bytes here, state
     List,
     /// Each resource of a followed collection's newest version: complete or missing
-    Status { id: String },
+    Status {
+        id: String,
+        /// On a terminal, first draw a bar of bytes here, rate and time left, until every
+        /// resource is here (or Ctrl-C)
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,7 +133,12 @@ fn print_group(out: &mut dyn Write, view: &GroupStatusView) -> std::io::Result<(
 pub fn follow(service: &dyn Service, args: FollowArgs) -> Result<ExitCode> {
     let id = match (args.command, args.id) {
         (Some(FollowCommand::List), _) => return follow_list(service),
-        (Some(FollowCommand::Status { id }), _) => return follow_status(service, &id),
+        (Some(FollowCommand::Status { id, watch }), _) => {
+            if watch && super::show_progress() {
+                watch_progress(service, &id)?;
+            }
+            return follow_status(service, &id);
+        }
         (None, Some(id)) => id,
         (None, None) => anyhow::bail!("name the collection to follow, or `follow list`"),
     };
@@ -232,6 +246,62 @@ fn follow_status(service: &dyn Service, id: &str) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `follow status --watch` asks for the numbers again.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// The span the rate is measured over: long enough to smooth block arrivals, short
+/// enough to follow a peer joining or leaving.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Redraws a bar from the followed collection's numbers until all of it is here. The
+/// rate comes from successive readings, so it is the rate at which bytes land here,
+/// whoever sends them.
+fn watch_progress(service: &dyn Service, id: &str) -> Result<()> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes}  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rate = RateEstimate::new(RATE_WINDOW);
+    let watched = loop {
+        let view = match service.follow_status(id) {
+            Ok(view) => view,
+            Err(err) => break Err(err.into()),
+        };
+        // Metadata only: no bytes to watch.
+        let Some(content) = &view.content else {
+            break Ok(());
+        };
+        rate.record(Instant::now(), content.bytes_held);
+        bar.set_length(content.bytes_total);
+        bar.set_position(content.bytes_held);
+        bar.set_message(watch_message(content, &rate, &view.state));
+        if content.complete == content.resources && content.sizes_unknown == 0 {
+            break Ok(());
+        }
+        std::thread::sleep(WATCH_INTERVAL);
+    };
+    bar.finish_and_clear();
+    watched
+}
+
+/// Rate, time left, resources and state, beside the bar.
+fn watch_message(content: &ContentProgress, rate: &RateEstimate, state: &str) -> String {
+    let speed = rate.bytes_per_sec().map_or_else(
+        || "-".to_string(),
+        |speed| format!("{}/s", output::bytes(speed as u64)),
+    );
+    // Resources whose size is not known yet would only add to the time left.
+    let eta = match rate.eta(content.bytes_total) {
+        Some(eta) if content.sizes_unknown == 0 => human_duration(eta),
+        Some(eta) => format!("at least {}", human_duration(eta)),
+        None => "-".to_string(),
+    };
+    format!(
+        "{speed}  eta {eta}  resources {}/{}  {state}",
+        content.complete, content.resources
+    )
 }
 
 fn progress_line(content: &ContentProgress) -> String {

@@ -260,6 +260,46 @@ impl Node {
         stderr
     }
 
+    /// Runs a command with its standard error on a pseudo-terminal (made by Python's
+    /// `pty`), as a person at a terminal would; standard output goes to `stdout_file`.
+    /// Returns what the terminal received and whether the command succeeded.
+    pub fn run_on_terminal(&self, stdout_file: &Path, args: &[&str]) -> (String, bool) {
+        const ON_TERMINAL: &str = r#"
+import os, pty, subprocess, sys
+master, slave = pty.openpty()
+with open(sys.argv[1], "wb") as out:
+    child = subprocess.Popen(sys.argv[2:], stdout=out, stderr=slave)
+os.close(slave)
+seen = b""
+while True:
+    try:
+        chunk = os.read(master, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+sys.stdout.buffer.write(seen)
+sys.exit(child.wait())
+"#;
+        let output = Command::new("python3")
+            .args(["-c", ON_TERMINAL])
+            .arg(stdout_file)
+            .arg(env!("CARGO_BIN_EXE_oermesh"))
+            .args(args)
+            .env("OERMESH_REPO", &self.repo)
+            .env("TERM", "xterm")
+            .env_remove("OERMESH_LOG")
+            .current_dir(&self.work)
+            .output()
+            .unwrap();
+        self.assert_daemon_alive();
+        (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            output.status.success(),
+        )
+    }
+
     pub fn write(&self, relative: &str, bytes: &[u8]) -> PathBuf {
         let path = self.work.join(relative);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -525,7 +565,54 @@ in_both_modes!(
     pin_rm_and_gc_free_the_space,
     bad_input_gets_one_clear_line,
     files_from_any_file_system_are_stored_alike,
+    get_and_cat_draw_a_bar_only_on_a_terminal,
 );
+
+/// Scripts and pipes get exactly the bytes they asked for; a person at a terminal also
+/// sees bytes, rate and time left on standard error.
+fn get_and_cat_draw_a_bar_only_on_a_terminal(mode: Mode) {
+    let node = Node::init_in(mode);
+    let big = generated_bytes(6 * 1024 * 1024 + 5, 7);
+    node.write("lesson/video.bin", &big);
+    node.write("lesson/notes.txt", b"notes");
+    let file = node.ok(&["add", "-Q", &node.path("lesson/video.bin")]);
+    let folder = node.ok(&["add", "-r", "-Q", &node.path("lesson")]);
+    let (file, folder) = (file.trim(), folder.trim());
+
+    for (cid, dest) in [(file, "piped.bin"), (folder, "piped")] {
+        let out = node.run(&["get", cid, "-o", &node.path(dest)]);
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("saved {cid} to {}\n", node.path(dest))
+        );
+        assert!(out.stderr.is_empty(), "no bar without a terminal");
+    }
+    let cat = node.run(&["cat", file]);
+    assert!(cat.status.success() && cat.stderr.is_empty());
+    assert!(cat.stdout == big);
+
+    for (cid, dest) in [(file, "seen.bin"), (folder, "seen")] {
+        let stdout = node.work.join(format!("{dest}.out"));
+        let (terminal, ok) = node.run_on_terminal(&stdout, &["get", cid, "-o", &node.path(dest)]);
+        assert!(ok, "{terminal}");
+        assert!(
+            terminal.contains("eta") && terminal.contains("MiB"),
+            "{terminal}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&stdout).unwrap(),
+            format!("saved {cid} to {}\n", node.path(dest)),
+            "the bar stays off standard output"
+        );
+    }
+    assert!(std::fs::read(node.work.join("seen.bin")).unwrap() == big);
+    assert!(std::fs::read(node.work.join("seen/video.bin")).unwrap() == big);
+    let stdout = node.work.join("cat.out");
+    let (terminal, ok) = node.run_on_terminal(&stdout, &["cat", file]);
+    assert!(ok && terminal.contains("eta"), "{terminal}");
+    assert!(std::fs::read(&stdout).unwrap() == big);
+}
 
 /// A file added from the repository's own file system is copied into the store inside
 /// the kernel; one from another (tmpfs) is written out. Both are stored alike.

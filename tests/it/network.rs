@@ -447,6 +447,15 @@ fn network_commands_work_with_and_without_a_daemon(mode: Mode) {
         status.starts_with(&format!("{collection}  no version yet  content")),
         "{status}"
     );
+    // Without a terminal, --watch prints the status once, as without it; on one, it
+    // ends as soon as every resource is here (none yet to get), then prints it.
+    let watched = node.run(&["follow", "status", &collection, "--watch"]);
+    assert!(watched.status.success() && watched.stderr.is_empty());
+    assert_eq!(String::from_utf8(watched.stdout).unwrap(), status);
+    let stdout = node.work.join("watch.out");
+    let (_, ok) = node.run_on_terminal(&stdout, &["follow", "status", &collection, "--watch"]);
+    assert!(ok);
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), status);
     assert!(node
         .fails(&["follow", "status", &format!("{collection}-other")])
         .contains("is not followed"));
