@@ -295,6 +295,8 @@ fn watch_message(content: &ContentProgress, rate: &RateEstimate, state: &str) ->
     // Resources whose size is not known yet would only add to the time left.
     let eta = match rate.eta(content.bytes_total) {
         Some(eta) if content.sizes_unknown == 0 => human_duration(eta),
+        // Every known size is here but some are not known yet: nothing to say.
+        Some(eta) if eta.is_zero() => "-".to_string(),
         Some(eta) => format!("at least {}", human_duration(eta)),
         None => "-".to_string(),
     };
