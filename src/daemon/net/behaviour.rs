@@ -33,6 +33,9 @@ const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Below this gossip score a peer is disconnected and refused for a while: four
 /// invalid messages in a row take it there (see `topic_score_params`).
 pub const BAN_SCORE: f64 = -100.0;
+/// How often a peer is identified again (libp2p's default is 5 minutes). Only the
+/// first identification of a connection starts anything (the heads exchange).
+const IDENTIFY_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
@@ -120,7 +123,11 @@ pub fn build_swarm(
                 ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(PROTOCOL_VERSION.into(), key.public())
-                        .with_agent_version(format!("oermesh/{}", env!("CARGO_PKG_VERSION"))),
+                        .with_agent_version(format!("oermesh/{}", env!("CARGO_PKG_VERSION")))
+                        // After a failed exchange (a stream that timed out on a busy
+                        // machine) identify waits this long before it tries again, and
+                        // until it succeeds the peer is not used: not five minutes.
+                        .with_interval(IDENTIFY_INTERVAL),
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 mdns: Toggle::from(mdns),
