@@ -14,7 +14,7 @@ use oermesh::records::CollectionId;
 
 use crate::exchange::scratch_dir;
 use crate::network::{dial_addr, on_node, start_node, wait_until, wait_until_compatible};
-use crate::replication::{add_resource, add_to_collection, publish, Resource};
+use crate::replication::{add_resource, add_to_collection, publish, start_publisher, Resource};
 
 /// Single blocks (each a file of its own in the store) and one file of two chunks.
 const SIZES: [u64; 8] = [
@@ -164,16 +164,7 @@ async fn start_group(
     challenge_interval_secs: &[u64],
 ) -> Group {
     // P publishes the collection; it is not a member.
-    let p = start_node(&dir.join("p"), vec![]).await;
-    let id: CollectionId = on_node(&p, |node| {
-        node.key_gen("ministry").unwrap();
-        node.collection_create("lessons", Some("ministry"))
-            .unwrap()
-            .id
-    })
-    .await
-    .parse()
-    .unwrap();
+    let (p, id) = start_publisher(&dir.join("p")).await;
     let mut resources = Vec::new();
     for (seed, size) in SIZES.iter().enumerate() {
         resources.push(add_resource(&p, files, *size, 500 + seed as u32).await);

@@ -83,6 +83,21 @@ pub async fn add_resource(daemon: &Daemon, dir: &Path, size: u64, seed: u32) -> 
     }
 }
 
+/// Starts a publisher whose key `ministry` owns the (empty) collection `lessons`.
+pub async fn start_publisher(root: &Path) -> (Daemon, CollectionId) {
+    let daemon = start_node(root, vec![]).await;
+    let id = on_node(&daemon, |node| {
+        node.key_gen("ministry").unwrap();
+        node.collection_create("lessons", Some("ministry"))
+            .unwrap()
+            .id
+    })
+    .await
+    .parse()
+    .unwrap();
+    (daemon, id)
+}
+
 pub async fn add_to_collection(daemon: &Daemon, resources: &[&Resource]) {
     let records: Vec<String> = resources.iter().map(|r| r.record.to_string()).collect();
     on_node(daemon, move |node| {
@@ -134,7 +149,7 @@ async fn wait_complete(daemon: &Daemon, id: &CollectionId, seq: u64, resources: 
 
 /// Every resource reads back byte-identical from `daemon`'s store, and `verify` finds
 /// nothing wrong.
-async fn assert_identical(daemon: &Daemon, resources: &[&Resource]) {
+pub async fn assert_identical(daemon: &Daemon, resources: &[&Resource]) {
     let node = daemon.node().clone();
     let expected: Vec<(Cid, std::path::PathBuf)> = resources
         .iter()
@@ -175,16 +190,7 @@ async fn mirrors_keep_a_collection_whole_without_its_publisher_and_follow_its_ch
 
     // P publishes twenty resources; M1 and M2 follow them.
     let p_root = dir.path().join("p");
-    let p = start_node(&p_root, vec![]).await;
-    let id: CollectionId = on_node(&p, |node| {
-        node.key_gen("ministry").unwrap();
-        node.collection_create("lessons", Some("ministry"))
-            .unwrap()
-            .id
-    })
-    .await
-    .parse()
-    .unwrap();
+    let (p, id) = start_publisher(&p_root).await;
     let mut resources = Vec::new();
     for (seed, size) in SIZES.iter().enumerate() {
         resources.push(add_resource(&p, files.path(), *size, seed as u32).await);
@@ -297,16 +303,7 @@ fn listed(node: &crate::cli::Node) -> String {
 async fn a_mirror_killed_halfway_shows_only_whole_resources_and_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let files = scratch_dir();
-    let p = start_node(&dir.path().join("p"), vec![]).await;
-    let id: CollectionId = on_node(&p, |node| {
-        node.key_gen("ministry").unwrap();
-        node.collection_create("lessons", Some("ministry"))
-            .unwrap()
-            .id
-    })
-    .await
-    .parse()
-    .unwrap();
+    let (p, id) = start_publisher(&dir.path().join("p")).await;
     let mut resources = Vec::new();
     for (seed, size) in SIZES.iter().enumerate() {
         resources.push(add_resource(&p, files.path(), *size, seed as u32).await);
@@ -420,16 +417,7 @@ fn set_sync_hours(root: &Path, from: u16, to: u16) {
 async fn a_mirror_fetches_content_only_within_its_sync_hours() {
     let dir = tempfile::tempdir().unwrap();
     let files = scratch_dir();
-    let p = start_node(&dir.path().join("p"), vec![]).await;
-    let id: CollectionId = on_node(&p, |node| {
-        node.key_gen("ministry").unwrap();
-        node.collection_create("lessons", Some("ministry"))
-            .unwrap()
-            .id
-    })
-    .await
-    .parse()
-    .unwrap();
+    let (p, id) = start_publisher(&dir.path().join("p")).await;
     let resource = add_resource(&p, files.path(), 300 * KIB, 7).await;
     add_to_collection(&p, &[&resource]).await;
     assert_eq!(publish(&p).await, 1);

@@ -10,7 +10,9 @@ use oermesh::records::CollectionId;
 
 use crate::exchange::{add, scratch_dir, write_generated};
 use crate::network::{dial_addr, on_node, start_node, wait_until, wait_until_compatible};
-use crate::replication::{add_resource, add_to_collection, publish, Resource};
+use crate::replication::{
+    add_resource, add_to_collection, assert_identical, publish, start_publisher, Resource,
+};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -22,16 +24,7 @@ async fn publisher(
     count: u32,
     size: u64,
 ) -> (Daemon, CollectionId, Vec<Resource>) {
-    let p = start_node(root, vec![]).await;
-    let id: CollectionId = on_node(&p, |node| {
-        node.key_gen("ministry").unwrap();
-        node.collection_create("lessons", Some("ministry"))
-            .unwrap()
-            .id
-    })
-    .await
-    .parse()
-    .unwrap();
+    let (p, id) = start_publisher(root).await;
     let mut resources = Vec::new();
     for seed in 0..count {
         resources.push(add_resource(&p, files, size, 900 + seed).await);
@@ -124,16 +117,7 @@ async fn a_mirror_at_its_quota_stops_says_why_and_goes_on_once_gc_frees_room() {
     })
     .await;
     assert_consistent(&m).await;
-    for resource in &resources {
-        let content = resource.content;
-        let bytes = on_node(&m, move |node| {
-            let mut read = Vec::new();
-            oermesh::unixfs::reader::read_file(node.store(), &content, &mut read).unwrap();
-            read
-        })
-        .await;
-        assert!(bytes == std::fs::read(&resource.file).unwrap());
-    }
+    assert_identical(&m, &resources.iter().collect::<Vec<_>>()).await;
     m.shutdown().await.unwrap();
     p.shutdown().await.unwrap();
 }
@@ -225,16 +209,7 @@ async fn a_mirror_on_a_full_disk_stops_keeps_its_store_whole_and_goes_on_when_th
     })
     .await;
     assert_consistent(&m).await;
-    for resource in &resources {
-        let content = resource.content;
-        let bytes = on_node(&m, move |node| {
-            let mut read = Vec::new();
-            oermesh::unixfs::reader::read_file(node.store(), &content, &mut read).unwrap();
-            read
-        })
-        .await;
-        assert!(bytes == std::fs::read(&resource.file).unwrap());
-    }
+    assert_identical(&m, &resources.iter().collect::<Vec<_>>()).await;
     m.shutdown().await.unwrap();
     p.shutdown().await.unwrap();
     drop(disk);

@@ -641,6 +641,20 @@ struct Task {
     repairing: Arc<Mutex<HashSet<Cid>>>,
 }
 
+/// The entry lists of the versions known here of `ids`, for those with one.
+fn known_entries(
+    node: &Node,
+    ids: Vec<CollectionId>,
+) -> crate::node::Result<Vec<(CollectionId, GroupEntries)>> {
+    let mut kept = Vec::new();
+    for id in ids {
+        if let Some(entries) = node.group_entries(&id)? {
+            kept.push((id, entries));
+        }
+    }
+    Ok(kept)
+}
+
 /// The live resources of `kept` this node holds.
 fn held_here(kept: &[(CollectionId, GroupEntries)]) -> Vec<Cid> {
     kept.iter()
@@ -789,30 +803,19 @@ impl Task {
         }
     }
 
-    /// Challenges every reachable member on a random resource it claims.
-    async fn challenge_round(&self) {
-        let node = self.node.clone();
-        let ids: Vec<CollectionId> = self
-            .config
+    /// The ids of the group's collections.
+    fn collection_ids(&self) -> Vec<CollectionId> {
+        self.config
             .collections
             .iter()
             .map(|(id, _)| id.clone())
-            .collect();
-        let Ok(Ok(kept)) = self
-            .pool
-            .run(
-                move || -> crate::node::Result<Vec<(CollectionId, GroupEntries)>> {
-                    let mut kept = Vec::new();
-                    for id in ids {
-                        if let Some(entries) = node.group_entries(&id)? {
-                            kept.push((id, entries));
-                        }
-                    }
-                    Ok(kept)
-                },
-            )
-            .await
-        else {
+            .collect()
+    }
+
+    /// Challenges every reachable member on a random resource it claims.
+    async fn challenge_round(&self) {
+        let (node, ids) = (self.node.clone(), self.collection_ids());
+        let Ok(Ok(kept)) = self.pool.run(move || known_entries(&node, ids)).await else {
             return;
         };
         self.check_own_copy(&kept).await;
@@ -917,22 +920,11 @@ impl Task {
     /// Looks down a random path of every resource this node claims, and repairs those
     /// that cannot be read: one damaged copy is a sign that a disk lost more.
     async fn check_all_own_copies(&self) {
-        let node = self.node.clone();
-        let ids: Vec<CollectionId> = self
-            .config
-            .collections
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect();
+        let (node, ids) = (self.node.clone(), self.collection_ids());
         let damaged = self
             .pool
             .run(move || -> crate::node::Result<Vec<Cid>> {
-                let mut kept = Vec::new();
-                for id in ids {
-                    if let Some(entries) = node.group_entries(&id)? {
-                        kept.push((id, entries));
-                    }
-                }
+                let kept = known_entries(&node, ids)?;
                 Ok(held_here(&kept)
                     .into_iter()
                     .filter(|root| proof::damaged_on_random_path(node.store(), *root).is_some())
